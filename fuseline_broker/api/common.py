@@ -1,0 +1,167 @@
+"""Request parsing and error helpers shared by every broker blueprint."""
+
+import json
+
+import flask
+from flask_smorest import Blueprint, abort
+from webargs import core
+from webargs.flaskparser import FlaskParser
+
+#: Longest repr of a rejected value quoted back in an error message.
+MAX_QUOTED_VALUE = 80
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object in the request body repeats a key."""
+
+
+def _reject_duplicate_keys(pairs):
+    mapping = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise DuplicateKeyError(f"duplicate key {key!r} in a JSON object")
+        mapping[key] = value
+    return mapping
+
+
+def quote(value):
+    """Return a short repr of a value for an error message."""
+    text = repr(value)
+    if len(text) > MAX_QUOTED_VALUE:
+        text = text[: MAX_QUOTED_VALUE - 3] + "..."
+    return text
+
+
+class BrokerParser(FlaskParser):
+    """webargs parser that explains every rejected body in its error message.
+
+    Compared with the stock parser it rejects a body sent with a non-JSON
+    content type (415) instead of ignoring it, rejects repeated keys in a
+    JSON object (two steps of the same name would otherwise silently
+    merge), and names the offending values in the message.
+    """
+
+    def _raw_load_json(self, req):
+        data = req.get_data(cache=True)
+        if not data:
+            return core.missing
+        if not req.is_json:
+            abort(
+                415,
+                message=(
+                    f"request body must be JSON with Content-Type "
+                    f"application/json, received Content-Type {quote(req.mimetype)}"
+                ),
+            )
+        try:
+            return json.loads(data, object_pairs_hook=_reject_duplicate_keys)
+        except DuplicateKeyError as exc:
+            abort(400, message=f"invalid JSON body: {exc}")
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        abort(400, message=f"invalid JSON body: {error}")
+
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+        messages = error.messages
+        if "json" in messages and len(messages) == 1:
+            messages = messages["json"]
+        data = _location_data(error, req)
+        details = "; ".join(_describe_errors(messages, data))
+        abort(
+            error_status_code or self.DEFAULT_VALIDATION_STATUS,
+            message=f"invalid request: {details}",
+            errors=error.messages,
+        )
+
+
+def _location_data(error, req):
+    """Return the input the error refers to, for quoting received values."""
+    if isinstance(error.messages, dict) and "query" in error.messages:
+        return req.args.to_dict()
+    try:
+        return json.loads(req.get_data(cache=True) or b"null")
+    except ValueError:
+        return None
+
+
+def _describe_errors(messages, data, path=""):
+    """Flatten marshmallow's nested messages into 'path: message (received X)'."""
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        text = " ".join(messages).rstrip(".")
+        if path and data is not _ABSENT:
+            text += f" (received {quote(data)})"
+        return [f"{path or 'body'}: {text}"]
+    if isinstance(messages, dict):
+        found = []
+        for key, nested in messages.items():
+            if key in ("json", "query") and not path:
+                found.extend(_describe_errors(nested, data, ""))
+                continue
+            found.extend(
+                _describe_errors(nested, _child(data, key), _join(path, key))
+            )
+        return found
+    return [f"{path or 'body'}: {messages}"]
+
+
+_ABSENT = object()
+
+
+def _child(data, key):
+    if isinstance(data, dict) and key in data:
+        return data[key]
+    if isinstance(data, list) and isinstance(key, int) and 0 <= key < len(data):
+        return data[key]
+    if key == "value" and data is not _ABSENT:
+        # marshmallow nests errors of a Dict field's values under "value".
+        return data
+    return _ABSENT
+
+
+def _join(path, key):
+    if key == "value" and path:
+        return path
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+class BrokerBlueprint(Blueprint):
+    """Blueprint whose bodies go through :class:`BrokerParser`."""
+
+    ARGUMENTS_PARSER = BrokerParser()
+
+
+def storage():
+    """Return the RuntimeStorage of the application handling this request."""
+    return flask.current_app.extensions["fuseline_broker"].storage
+
+
+def settings():
+    """Return the broker's settings for the application handling this request."""
+    return flask.current_app.extensions["fuseline_broker"].settings
+
+
+def no_content():
+    """Return an empty 204 response; a body would be parsed as JSON by workers."""
+    return flask.Response(status=204)
+
+
+def json_response(value, status=200):
+    """Serialize already-shaped data without a second pass through marshmallow."""
+    return flask.current_app.response_class(
+        json.dumps(value, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+
+
+__all__ = [
+    "BrokerBlueprint",
+    "abort",
+    "json_response",
+    "no_content",
+    "quote",
+    "settings",
+    "storage",
+]

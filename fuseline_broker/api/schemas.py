@@ -1,0 +1,271 @@
+"""marshmallow schemas of every request and response body."""
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from .. import dag
+
+#: Longest accepted name or id: workflow ids, versions, step names, worker ids.
+MAX_NAME_LENGTH = 255
+#: ``package.module:object`` as Python's entry points write it.
+ENTRY_POINT_PATTERN = (
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+    r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
+INSTANCE_STATES = ("RUNNING", dag.SUCCEEDED, dag.FAILED)
+STEP_STATES = (
+    dag.PENDING,
+    dag.QUEUED,
+    dag.RUNNING,
+    dag.SUCCEEDED,
+    dag.FAILED,
+    dag.CANCELLED,
+    dag.SKIPPED,
+)
+
+
+def Name(**kwargs):  # noqa: N802 - reads as a field type at the call sites
+    """Return a required, non-empty string field of bounded length."""
+    return fields.String(
+        required=True, validate=validate.Length(1, MAX_NAME_LENGTH), **kwargs
+    )
+
+
+class PolicySchema(ma.Schema):
+    """A step or workflow policy, such as ``retry`` or ``timeout``."""
+
+    name = Name()
+    config = fields.Dict(keys=fields.String(), load_default=dict)
+
+    @ma.validates_schema
+    def check_known_policies(self, data, **kwargs):
+        """Check the settings of the policies whose deadline the broker computes."""
+        config = data.get("config") or {}
+        if data.get("name") == "timeout":
+            _check_number(config, "seconds", minimum=0, exclusive=True)
+        elif data.get("name") == "retry":
+            _check_number(config, "max_retries", minimum=1, integer=True)
+            if "wait" in config:
+                _check_number(config, "wait", minimum=0)
+
+
+def _check_number(config, key, *, minimum, exclusive=False, integer=False):
+    value = config.get(key)
+    kind = "an integer" if integer else "a number"
+    valid = isinstance(value, int if integer else (int, float)) and not isinstance(
+        value, bool
+    )
+    if valid:
+        valid = value > minimum if exclusive else value >= minimum
+    if not valid:
+        bound = f"> {minimum}" if exclusive else f">= {minimum}"
+        raise ma.ValidationError(
+            f"config.{key} must be {kind} {bound}, received {value!r}", "config"
+        )
+
+
+class StepSchema(ma.Schema):
+    """One node of a workflow graph."""
+
+    name = Name()
+    successors = fields.Dict(
+        keys=fields.String(validate=validate.Length(1, MAX_NAME_LENGTH)),
+        values=fields.List(fields.String()),
+        load_default=dict,
+        metadata={"description": "Action name to the steps that follow it."},
+    )
+    predecessors = fields.List(fields.String(), load_default=list)
+    or_groups = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        load_default=dict,
+        metadata={"description": "Group name to predecessors of which one suffices."},
+    )
+    policies = fields.List(fields.Nested(PolicySchema), load_default=list)
+
+
+class WorkflowSchema(ma.Schema):
+    """A versioned workflow definition, as fuseline serializes it."""
+
+    workflow_id = Name()
+    version = Name()
+    steps = fields.Dict(
+        keys=fields.String(validate=validate.Length(1, MAX_NAME_LENGTH)),
+        values=fields.Nested(StepSchema),
+        required=True,
+    )
+    outputs = fields.List(fields.String(), load_default=list)
+    policies = fields.List(fields.Nested(PolicySchema), load_default=list)
+
+
+class DispatchSchema(ma.Schema):
+    """A request to start one run of a workflow."""
+
+    workflow = fields.Nested(WorkflowSchema, required=True)
+    inputs = fields.Dict(keys=fields.String(), allow_none=True, load_default=None)
+
+
+class ReportSchema(ma.Schema):
+    """A worker's report of a step it ran."""
+
+    workflow_id = Name()
+    instance_id = Name()
+    step_name = Name()
+    state = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            dag.REPORTABLE_STATES,
+            error="state must be one of {choices}, received {input!r}",
+        ),
+    )
+    result = fields.Raw(allow_none=True, load_default=None)
+
+
+class ReportOutcomeSchema(ma.Schema):
+    """Whether a report was applied, and why not when it was not."""
+
+    applied = fields.Boolean(required=True)
+    reason = fields.String(
+        metadata={"description": "Present when applied is false."},
+    )
+
+
+class WorkerIdQuerySchema(ma.Schema):
+    """The worker id that every worker call carries in its query string."""
+
+    worker_id = Name()
+
+
+class PageQuerySchema(ma.Schema):
+    """Page number and size of a listing."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page_size = fields.Integer(
+        load_default=50, validate=validate.Range(min=1, max=500)
+    )
+
+
+class RepositoryQuerySchema(PageQuerySchema):
+    """Either a repository name, or a page of the listing."""
+
+    name = fields.String(validate=validate.Length(1, MAX_NAME_LENGTH))
+
+
+class RepositorySchema(ma.Schema):
+    """A git repository that workers clone, with the entry points it provides."""
+
+    name = Name()
+    url = fields.String(required=True, validate=validate.Length(1, 2048))
+    workflows = fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                ENTRY_POINT_PATTERN,
+                error="workflow entry point must be module:object, received {input!r}",
+            )
+        ),
+        required=True,
+    )
+    credentials = fields.Dict(
+        keys=fields.String(), values=fields.String(), load_default=dict
+    )
+
+
+class WorkflowEntrySchema(ma.Schema):
+    """One workflow entry point of a registered repository."""
+
+    repository = fields.String(required=True)
+    workflow = fields.String(required=True)
+
+
+class LastTaskSchema(ma.Schema):
+    """The last step a worker reported."""
+
+    workflow_id = fields.String(required=True)
+    instance_id = fields.String(required=True)
+    step_name = fields.String(required=True)
+    success = fields.Boolean(required=True)
+
+
+class WorkerSchema(ma.Schema):
+    """A live worker."""
+
+    worker_id = fields.String(required=True)
+    connected_at = fields.Float(required=True)
+    last_seen = fields.Float(required=True)
+    last_task = fields.Nested(LastTaskSchema, allow_none=True, required=True)
+
+
+class PayloadSchema(ma.Schema):
+    """The inputs of a handed-out step."""
+
+    workflow_inputs = fields.Dict(required=True)
+    results = fields.Dict(
+        required=True,
+        metadata={"description": "Result of each finished predecessor by name."},
+    )
+
+
+class AssignmentSchema(ma.Schema):
+    """A step handed to a worker; exactly these six keys."""
+
+    workflow_id = fields.String(required=True)
+    instance_id = fields.String(required=True)
+    step_name = fields.String(required=True)
+    payload = fields.Nested(PayloadSchema, required=True)
+    assigned_at = fields.Float(required=True, metadata={"description": "Unix time"})
+    expires_at = fields.Float(required=True, metadata={"description": "Unix time"})
+
+
+class InstanceQuerySchema(PageQuerySchema):
+    """Filters of the instance listing."""
+
+    workflow_id = fields.String(validate=validate.Length(1, MAX_NAME_LENGTH))
+    state = fields.String(validate=validate.OneOf(INSTANCE_STATES))
+
+
+class AssignmentRecordSchema(ma.Schema):
+    """One handout of a step."""
+
+    attempt = fields.Integer(required=True)
+    worker_id = fields.String(required=True)
+    assigned_at = fields.Float(required=True)
+    expires_at = fields.Float(required=True)
+
+
+class StepRecordSchema(ma.Schema):
+    """The state of one step of an instance."""
+
+    state = fields.String(required=True, validate=validate.OneOf(STEP_STATES))
+    attempts = fields.Integer(required=True)
+    worker_id = fields.String(allow_none=True, required=True)
+    assigned_at = fields.Float(allow_none=True, required=True)
+    expires_at = fields.Float(allow_none=True, required=True)
+    finished_at = fields.Float(allow_none=True, required=True)
+    result = fields.Raw(allow_none=True, required=True)
+    assignments = fields.List(fields.Nested(AssignmentRecordSchema), required=True)
+
+
+class InstanceSummarySchema(ma.Schema):
+    """An instance without its steps."""
+
+    instance_id = fields.String(required=True)
+    workflow_id = fields.String(required=True)
+    version = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(INSTANCE_STATES))
+    inputs = fields.Dict(allow_none=True, required=True)
+    created_at = fields.Float(required=True)
+    finished_at = fields.Float(allow_none=True, required=True)
+
+
+class InstanceSchema(InstanceSummarySchema):
+    """An instance with the state of each of its steps."""
+
+    steps = fields.Dict(
+        keys=fields.String(), values=fields.Nested(StepRecordSchema), required=True
+    )
+
+
+class StatusSchema(ma.Schema):
+    """Liveness of the broker."""
+
+    status = fields.String(required=True)

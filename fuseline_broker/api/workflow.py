@@ -1,0 +1,120 @@
+"""Dispatching runs, handing out steps, taking reports, reading instances."""
+
+import logging
+
+from flask.views import MethodView
+
+from .common import BrokerBlueprint, json_response, no_content, storage
+from .schemas import (
+    AssignmentSchema,
+    DispatchSchema,
+    InstanceQuerySchema,
+    InstanceSchema,
+    InstanceSummarySchema,
+    ReportOutcomeSchema,
+    ReportSchema,
+    WorkerIdQuerySchema,
+    WorkflowEntrySchema,
+)
+
+log = logging.getLogger(__name__)
+
+bp = BrokerBlueprint(
+    "workflow", __name__, description="Workflow runs and the steps of each run"
+)
+
+
+@bp.route("/workflow/dispatch")
+class Dispatch(MethodView):
+    @bp.arguments(DispatchSchema)
+    @bp.response(
+        200,
+        {"type": "string", "description": "The new instance id"},
+        description="The new instance id, as a bare JSON string.",
+    )
+    @bp.alt_response(400, response="BAD_REQUEST")
+    @bp.alt_response(409, response="CONFLICT")
+    @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
+    @bp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def post(self, request):
+        """Store a workflow definition and start a run of it"""
+        instance_id = storage().dispatch(request["workflow"], request["inputs"])
+        return json_response(instance_id)
+
+
+@bp.route("/workflow/step")
+class Step(MethodView):
+    @bp.arguments(WorkerIdQuerySchema, location="query")
+    @bp.response(200, AssignmentSchema)
+    @bp.alt_response(204, description="No step is queued for this worker.")
+    @bp.alt_response(404, response="NOT_FOUND")
+    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def get(self, query):
+        """Take the oldest queued step of a workflow this worker registered"""
+        assignment = storage().take_step(query["worker_id"])
+        if assignment is None:
+            return no_content()
+        return json_response(assignment.to_wire())
+
+    @bp.arguments(WorkerIdQuerySchema, location="query")
+    @bp.arguments(ReportSchema)
+    @bp.response(
+        200,
+        ReportOutcomeSchema,
+        description=(
+            "applied is false when the report came too late (the step was "
+            "handed to another worker) or was already applied; nothing changed."
+        ),
+    )
+    @bp.alt_response(400, response="BAD_REQUEST")
+    @bp.alt_response(404, response="NOT_FOUND")
+    @bp.alt_response(409, response="CONFLICT")
+    @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
+    @bp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def post(self, query, report):
+        """Report the outcome of a step this worker holds"""
+        outcome = storage().report_step(query["worker_id"], report)
+        body = {"applied": outcome.applied}
+        if outcome.reason is not None:
+            body["reason"] = outcome.reason
+        return json_response(body)
+
+
+@bp.route("/workflows")
+class WorkflowEntries(MethodView):
+    @bp.response(200, WorkflowEntrySchema(many=True))
+    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def get(self):
+        """List the workflow entry points of every registered repository"""
+        return json_response(storage().list_workflow_entries())
+
+
+@bp.route("/workflow/instances")
+class Instances(MethodView):
+    @bp.arguments(InstanceQuerySchema, location="query")
+    @bp.response(200, InstanceSummarySchema(many=True))
+    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def get(self, query):
+        """List instances, newest first"""
+        size = query["page_size"]
+        page = storage().list_instances(
+            query.get("workflow_id"),
+            query.get("state"),
+            (query["page"] - 1) * size,
+            size,
+        )
+        response = json_response(page.items)
+        response.headers["X-Total-Count"] = str(page.total)
+        return response
+
+
+@bp.route("/workflow/instances/<string:instance_id>")
+class InstanceById(MethodView):
+    @bp.response(200, InstanceSchema)
+    @bp.alt_response(404, response="NOT_FOUND")
+    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def get(self, instance_id):
+        """Show an instance with the state, times and result of every step"""
+        return json_response(storage().get_instance(instance_id))

@@ -1,0 +1,43 @@
+"""The application factory for running the broker on its own."""
+
+import logging
+import os
+
+import flask
+
+from . import config
+from .extension import Broker
+
+INSTANCE_CONFIG_FILE = "config.py"
+
+
+def create_app(test_config=None):
+    """Create the broker application.
+
+    Settings are layered: defaults, then ``config.py`` in the instance folder
+    if it exists, then ``FUSELINE_BROKER_*`` environment variables, then the
+    ``test_config`` mapping.
+    """
+    app = flask.Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_pyfile(INSTANCE_CONFIG_FILE, silent=True)
+    config.load_environment(app.config)
+    if test_config is not None:
+        app.config.update(test_config)
+
+    _configure_logging()
+    Broker(app)
+    return app
+
+
+def _configure_logging():
+    """Send the broker's log lines to stderr unless the host set up logging."""
+    logger = logging.getLogger("fuseline_broker")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(os.environ.get("FUSELINE_BROKER_LOG_LEVEL", "INFO").upper())

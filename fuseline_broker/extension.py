@@ -1,0 +1,238 @@
+"""The Flask extension that mounts the broker on an application."""
+
+import logging
+import os
+from http import HTTPStatus
+from dataclasses import dataclass
+from importlib import resources
+
+import click
+import flask
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from . import __version__, config
+from .api import repository, system, worker, workflow
+from .api.common import quote
+from .errors import (
+    BrokerError,
+    DefinitionConflict,
+    InvalidWorkflow,
+    NotAssigned,
+    NotFound,
+    StorageUnavailable,
+)
+from .storage.base import RuntimeStorage, Settings
+from .storage.sqlite import SQLiteStorage
+
+log = logging.getLogger(__name__)
+
+BLUEPRINTS = (repository.bp, worker.bp, workflow.bp, system.bp)
+BLUEPRINT_NAMES = frozenset(bp.name for bp in BLUEPRINTS)
+DATABASE_FILENAME = "fuseline-broker.sqlite3"
+API_DESCRIPTION = (
+    "Stores fuseline workflow definitions, tracks their runs and hands their "
+    "steps to workers. Every error is a JSON object with code, status, message "
+    "and, for invalid input, errors."
+)
+
+#: HTTP status of each broker error.
+ERROR_STATUS = {
+    NotFound: 404,
+    InvalidWorkflow: 422,
+    DefinitionConflict: 409,
+    NotAssigned: 409,
+    StorageUnavailable: 503,
+}
+
+
+@dataclass
+class BrokerState:
+    """What the broker keeps in ``app.extensions["fuseline_broker"]``."""
+
+    storage: RuntimeStorage
+    settings: Settings
+    url_prefix: str
+    max_content_length: int
+
+
+class BrokerApi(Api):
+    """flask-smorest Api whose JSON error handler covers the broker's URLs only.
+
+    flask-smorest registers its handler for every HTTPException of the whole
+    application. A host application keeps its own error pages: errors
+    outside the broker's URL prefix go to the handler registered before the
+    broker, or to Flask's default.
+    """
+
+    def __init__(self, app, url_prefix):
+        self.url_prefix = url_prefix
+        self._host_handler = None
+        super().__init__(app, config_prefix=config.PREFIX)
+
+    def _register_error_handlers(self):
+        handlers = self._app.error_handler_spec.get(None, {}).get(None, {})
+        self._host_handler = handlers.get(HTTPException)
+        self._app.register_error_handler(HTTPException, self.handle_http_exception)
+
+    def handle_http_exception(self, error):
+        if self._owns_request():
+            return super().handle_http_exception(error)
+        if self._host_handler is not None:
+            return self._host_handler(error)
+        return error
+
+    def _owns_request(self):
+        if flask.request.blueprint in BLUEPRINT_NAMES:
+            return True
+        path = flask.request.path
+        prefix = self.url_prefix
+        return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+class Broker:
+    """Mount the broker's HTTP API on a Flask application.
+
+    ``url_prefix`` puts every broker route, the OpenAPI document and the
+    Swagger UI under that path, so the broker can sit beside the routes of
+    an existing site. Settings are read from ``app.config`` keys named in
+    :mod:`fuseline_broker.config`. A ready ``storage`` may be passed in
+    place of the SQLite file named by the configuration.
+    """
+
+    def __init__(self, app=None, *, url_prefix="", storage=None):
+        self.url_prefix = url_prefix
+        self.storage = storage
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app, *, url_prefix=None):
+        """Register the broker's routes, docs, error handlers and CLI on ``app``."""
+        prefix = _normalize_prefix(self.url_prefix if url_prefix is None else url_prefix)
+        values = config.resolve(app.config)
+        settings = Settings(
+            worker_ttl=values["WORKER_TTL"],
+            step_timeout=values["STEP_TIMEOUT"],
+            step_grace=values["STEP_GRACE"],
+            max_attempts=values["MAX_ATTEMPTS"],
+        )
+        storage = self.storage or _open_sqlite(app, values, settings)
+        storage.initialize()
+        app.extensions["fuseline_broker"] = BrokerState(
+            storage, settings, prefix, values["MAX_CONTENT_LENGTH"]
+        )
+
+        _configure_openapi(app, prefix)
+        api = BrokerApi(app, prefix)
+        for blueprint in BLUEPRINTS:
+            api.register_blueprint(blueprint, url_prefix=prefix or None)
+        app.register_blueprint(_swagger_assets_blueprint(prefix))
+
+        for error_class in ERROR_STATUS:
+            app.register_error_handler(error_class, _handle_broker_error)
+        app.before_request(_limit_body_size)
+        app.cli.add_command(_cli_group())
+        return api
+
+
+def _normalize_prefix(prefix):
+    prefix = (prefix or "").strip()
+    if not prefix or prefix == "/":
+        return ""
+    return "/" + prefix.strip("/")
+
+
+def _open_sqlite(app, values, settings):
+    path = values["DATABASE"] or os.path.join(app.instance_path, DATABASE_FILENAME)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    log.info("storing broker state in SQLite file %s", path)
+    return SQLiteStorage(
+        path,
+        settings,
+        busy_timeout=values["BUSY_TIMEOUT"],
+        synchronous=values["SQLITE_SYNCHRONOUS"],
+    )
+
+
+def _configure_openapi(app, prefix):
+    """Set flask-smorest's options, under the broker's own config prefix."""
+    defaults = {
+        "API_TITLE": "fuseline-broker",
+        "API_VERSION": __version__,
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": prefix or "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        "OPENAPI_SWAGGER_UI_URL": f"{prefix}/docs/assets/",
+        "API_SPEC_OPTIONS": {"info": {"description": API_DESCRIPTION}},
+    }
+    for key, value in defaults.items():
+        app.config.setdefault(config.PREFIX + key, value)
+
+
+def _swagger_assets_blueprint(prefix):
+    """Serve Swagger UI's files from the installed package, so /docs works offline."""
+    directory = resources.files("flask_swagger_ui") / "dist"
+    assets = flask.Blueprint(
+        "fuseline_broker_swagger_assets",
+        __name__,
+        static_folder=str(directory),
+        static_url_path="/",
+        url_prefix=f"{prefix}/docs/assets",
+    )
+    return assets
+
+
+def _handle_broker_error(error):
+    status = next(
+        code for cls, code in ERROR_STATUS.items() if isinstance(error, cls)
+    )
+    log_level = logging.ERROR if status >= 500 else logging.WARNING
+    log.log(
+        log_level,
+        "rejected %s %s with %d: %s",
+        flask.request.method,
+        flask.request.path,
+        status,
+        error,
+        extra={"action": "reject"},
+    )
+    body = {
+        "code": status,
+        "status": HTTPStatus(status).phrase,
+        "message": str(error),
+    }
+    return body, status
+
+
+def _limit_body_size():
+    if flask.request.blueprint not in BLUEPRINT_NAMES:
+        return
+    state = flask.current_app.extensions["fuseline_broker"]
+    flask.request.max_content_length = state.max_content_length
+
+
+def _cli_group():
+    group = click.Group("broker", help="fuseline-broker commands.")
+
+    @group.command("init-db")
+    @flask.cli.with_appcontext
+    def init_db():
+        """Create the broker's database and schema if they are missing."""
+        storage = flask.current_app.extensions["fuseline_broker"].storage
+        storage.initialize()
+        click.echo(f"database ready: {getattr(storage, 'path', storage)}")
+
+    @group.command("settings")
+    @flask.cli.with_appcontext
+    def show_settings():
+        """Print every broker setting with its current value."""
+        values = config.resolve(flask.current_app.config)
+        for option in config.OPTIONS:
+            click.echo(f"{option.key} = {quote(values[option.name])}")
+
+    return group
+
+
+__all__ = ["Broker", "BrokerError"]
