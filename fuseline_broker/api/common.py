@@ -25,8 +25,11 @@ def _reject_duplicate_keys(pairs):
 
 
 def quote(value):
-    """Return a short repr of a value for an error message."""
-    text = repr(value)
+    """Return a value as short JSON (or repr if it is not JSON) for a message."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
     if len(text) > MAX_QUOTED_VALUE:
         text = text[: MAX_QUOTED_VALUE - 3] + "..."
     return text
@@ -88,14 +91,17 @@ def _describe_errors(messages, data, path=""):
     """Flatten marshmallow's nested messages into 'path: message (received X)'."""
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
         text = " ".join(messages).rstrip(".")
-        if path and data is not _ABSENT:
+        if text == "Invalid input type":
+            text = "expected a JSON object"
+        if data is not _ABSENT:
             text += f" (received {quote(data)})"
         return [f"{path or 'body'}: {text}"]
     if isinstance(messages, dict):
         found = []
         for key, nested in messages.items():
-            if key in ("json", "query") and not path:
-                found.extend(_describe_errors(nested, data, ""))
+            if key == "_schema" or (key in ("json", "query") and not path):
+                # Errors of the object as a whole, or of the whole location.
+                found.extend(_describe_errors(nested, data, path))
                 continue
             found.extend(
                 _describe_errors(nested, _child(data, key), _join(path, key))
