@@ -24,13 +24,15 @@ def free_port():
 class BrokerServer:
     """``gunicorn wsgi:app`` on a free loopback port and its own SQLite file."""
 
-    def __init__(self, database, *, workers=2, threads=4, env=None, log_path=None):
+    def __init__(
+        self, database, *, workers=2, threads=4, env=None, log_path=None, port=None
+    ):
         self.database = Path(database)
         self.workers = workers
         self.threads = threads
         self.env = dict(env or {})
         self.log_path = Path(log_path or self.database.with_suffix(".log"))
-        self.port = None
+        self.port = port
         self.process = None
 
     @property
@@ -39,7 +41,7 @@ class BrokerServer:
 
     def start(self, timeout=30.0):
         """Start gunicorn and wait until ``GET /status`` answers."""
-        self.port = free_port()
+        self.port = self.port or free_port()
         env = {
             **os.environ,
             "FUSELINE_BROKER_DATABASE": str(self.database),
