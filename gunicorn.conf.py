@@ -14,3 +14,6 @@ threads = int(os.environ.get("FUSELINE_BROKER_THREADS", "4"))
 # fuseline workers send three requests per step; keeping the connection open
 # saves a TCP handshake on each.
 keepalive = 5
+# gunicorn 27 opens a control socket at one fixed path per user; several
+# brokers on one machine (tests, a benchmark) would share it.
+control_socket_disable = True

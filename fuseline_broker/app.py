@@ -11,26 +11,29 @@ from .extension import Broker
 INSTANCE_CONFIG_FILE = "config.py"
 
 
-def create_app(test_config=None):
+def create_app(test_config=None, instance_path=None):
     """Create the broker application.
 
     Settings are layered: defaults, then ``config.py`` in the instance folder
     if it exists, then ``FUSELINE_BROKER_*`` environment variables, then the
-    ``test_config`` mapping.
+    ``test_config`` mapping. ``instance_path`` replaces Flask's default
+    instance folder.
     """
-    app = flask.Flask(__name__, instance_relative_config=True)
+    app = flask.Flask(
+        __name__, instance_path=instance_path, instance_relative_config=True
+    )
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_pyfile(INSTANCE_CONFIG_FILE, silent=True)
     config.load_environment(app.config)
     if test_config is not None:
         app.config.update(test_config)
 
-    _configure_logging()
+    _configure_logging(config.resolve(app.config)["LOG_LEVEL"])
     Broker(app)
     return app
 
 
-def _configure_logging():
+def _configure_logging(level):
     """Send the broker's log lines to stderr unless the host set up logging."""
     logger = logging.getLogger("fuseline_broker")
     if logger.handlers or logging.getLogger().handlers:
@@ -40,4 +43,4 @@ def _configure_logging():
         logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     )
     logger.addHandler(handler)
-    logger.setLevel(os.environ.get("FUSELINE_BROKER_LOG_LEVEL", "INFO").upper())
+    logger.setLevel(level)

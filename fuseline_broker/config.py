@@ -109,10 +109,18 @@ OPTIONS = (
         "SQLite synchronous pragma: NORMAL survives a crash of the broker "
         "process; FULL also survives power loss, at a cost per write",
     ),
+    Option(
+        "LOG_LEVEL",
+        str,
+        "INFO",
+        "",
+        "level of the broker's own log lines when it sets up logging itself",
+    ),
 )
 
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 SYNCHRONOUS_VALUES = ("OFF", "NORMAL", "FULL", "EXTRA")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def load_environment(config, environ=None):
@@ -138,4 +146,8 @@ def resolve(config):
             f"got {synchronous!r}"
         )
     values["SQLITE_SYNCHRONOUS"] = synchronous
+    level = values["LOG_LEVEL"].upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{PREFIX}LOG_LEVEL must be one of {LOG_LEVELS}, got {level!r}")
+    values["LOG_LEVEL"] = level
     return values

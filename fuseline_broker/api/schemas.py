@@ -7,10 +7,11 @@ from .. import dag
 
 #: Longest accepted name or id: workflow ids, versions, step names, worker ids.
 MAX_NAME_LENGTH = 255
-#: ``package.module:object`` as Python's entry points write it.
+#: ``package.module:object`` as Python's entry points write it; an
+#: identifier is a letter or underscore, then letters, digits or underscores.
+IDENTIFIER = r"[^\W\d]\w*"
 ENTRY_POINT_PATTERN = (
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-    r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+    rf"^{IDENTIFIER}(\.{IDENTIFIER})*:{IDENTIFIER}(\.{IDENTIFIER})*$"
 )
 INSTANCE_STATES = ("RUNNING", dag.SUCCEEDED, dag.FAILED)
 STEP_STATES = (

@@ -413,15 +413,18 @@ class SQLiteStorage(RuntimeStorage):
         inputs = conn.execute(
             "select inputs from instances where instance_id = ?", (instance_id,)
         ).fetchone()["inputs"]
-        results = {}
+        states, results = {}, {}
         for name in step["predecessors"]:
             row = conn.execute(
                 "select state, result from steps where instance_id = ? and step_name = ?",
                 (instance_id, name),
             ).fetchone()
-            if row["state"] in dag.FINISHED_STATES:
-                results[name] = json.loads(row["result"]) if row["result"] else None
-        return {"workflow_inputs": json.loads(inputs) or {}, "results": results}
+            states[name] = row["state"]
+            results[name] = json.loads(row["result"]) if row["result"] else None
+        return {
+            "workflow_inputs": json.loads(inputs) or {},
+            "results": dag.predecessor_results(step, states, results),
+        }
 
     def _expire_overdue(self, conn, now):
         """Take back every step whose assignment deadline has passed."""

@@ -25,7 +25,15 @@ class BrokerServer:
     """``gunicorn wsgi:app`` on a free loopback port and its own SQLite file."""
 
     def __init__(
-        self, database, *, workers=2, threads=4, env=None, log_path=None, port=None
+        self,
+        database,
+        *,
+        workers=2,
+        threads=4,
+        env=None,
+        log_path=None,
+        port=None,
+        app_spec="wsgi:app",
     ):
         self.database = Path(database)
         self.workers = workers
@@ -33,6 +41,7 @@ class BrokerServer:
         self.env = dict(env or {})
         self.log_path = Path(log_path or self.database.with_suffix(".log"))
         self.port = port
+        self.app_spec = app_spec
         self.process = None
 
     @property
@@ -51,7 +60,7 @@ class BrokerServer:
             sys.executable,
             "-m",
             "gunicorn",
-            "wsgi:app",
+            self.app_spec,
             "--bind",
             f"127.0.0.1:{self.port}",
             "--workers",
@@ -77,10 +86,12 @@ class BrokerServer:
                 raise RuntimeError(
                     f"gunicorn exited with {self.process.returncode}:\n{self.log()}"
                 )
+            # Any HTTP reply, even a 404 for "/", means gunicorn is serving.
             try:
-                with urllib.request.urlopen(f"{self.url}/status", timeout=1) as reply:
-                    if reply.status == 200:
-                        return self
+                with urllib.request.urlopen(self.url, timeout=1):
+                    return self
+            except urllib.error.HTTPError:
+                return self
             except OSError:
                 time.sleep(0.1)
         self.stop()
