@@ -5,18 +5,18 @@ import os
 
 import flask
 
-from . import config
+from .config import load_environment, resolve
 from .extension import Broker
 
 INSTANCE_CONFIG_FILE = "config.py"
 
 
-def create_app(test_config=None, instance_path=None):
+def create_app(config=None, instance_path=None):
     """Create the broker application.
 
     Settings are layered: defaults, then ``config.py`` in the instance folder
     if it exists, then ``FUSELINE_BROKER_*`` environment variables, then the
-    ``test_config`` mapping. ``instance_path`` replaces Flask's default
+    ``config`` mapping. ``instance_path`` replaces Flask's default
     instance folder.
     """
     app = flask.Flask(
@@ -24,11 +24,11 @@ def create_app(test_config=None, instance_path=None):
     )
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_pyfile(INSTANCE_CONFIG_FILE, silent=True)
-    config.load_environment(app.config)
-    if test_config is not None:
-        app.config.update(test_config)
+    load_environment(app.config)
+    if config is not None:
+        app.config.update(config)
 
-    _configure_logging(config.resolve(app.config)["LOG_LEVEL"])
+    _configure_logging(resolve(app.config)["LOG_LEVEL"])
     Broker(app)
     return app
 
@@ -40,7 +40,9 @@ def _configure_logging(level):
         return
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+        logging.Formatter(
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+        )
     )
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -128,9 +128,7 @@ def load_environment(config, environ=None):
     environ = os.environ if environ is None else environ
     for option in OPTIONS:
         if option.key in environ:
-            config[option.key] = option.parse(
-                environ[option.key], "the environment"
-            )
+            config[option.key] = option.parse(environ[option.key], "the environment")
 
 
 def resolve(config):
@@ -148,6 +146,8 @@ def resolve(config):
     values["SQLITE_SYNCHRONOUS"] = synchronous
     level = values["LOG_LEVEL"].upper()
     if level not in LOG_LEVELS:
-        raise ValueError(f"{PREFIX}LOG_LEVEL must be one of {LOG_LEVELS}, got {level!r}")
+        raise ValueError(
+            f"{PREFIX}LOG_LEVEL must be one of {LOG_LEVELS}, got {level!r}"
+        )
     values["LOG_LEVEL"] = level
     return values

@@ -88,7 +88,9 @@ def _check_references(label, steps, key, step):
         raise InvalidDefinition(f"{label}: step {key!r} lists a predecessor twice")
     for group, members in step["or_groups"].items():
         if not members:
-            raise InvalidDefinition(f"{label}: step {key!r} has empty OR group {group!r}")
+            raise InvalidDefinition(
+                f"{label}: step {key!r} has empty OR group {group!r}"
+            )
         for name in members:
             if name not in steps:
                 raise InvalidDefinition(

@@ -2,8 +2,8 @@
 
 import logging
 import os
-from http import HTTPStatus
 from dataclasses import dataclass
+from http import HTTPStatus
 from importlib import resources
 
 import click
@@ -108,7 +108,9 @@ class Broker:
 
     def init_app(self, app, *, url_prefix=None):
         """Register the broker's routes, docs, error handlers and CLI on ``app``."""
-        prefix = _normalize_prefix(self.url_prefix if url_prefix is None else url_prefix)
+        prefix = _normalize_prefix(
+            self.url_prefix if url_prefix is None else url_prefix
+        )
         values = config.resolve(app.config)
         settings = Settings(
             worker_ttl=values["WORKER_TTL"],
@@ -185,9 +187,7 @@ def _swagger_assets_blueprint(prefix):
 
 
 def _handle_broker_error(error):
-    status = next(
-        code for cls, code in ERROR_STATUS.items() if isinstance(error, cls)
-    )
+    status = next(code for cls, code in ERROR_STATUS.items() if isinstance(error, cls))
     log_level = logging.ERROR if status >= 500 else logging.WARNING
     log.log(
         log_level,

@@ -81,8 +81,10 @@ def test_non_ascii_and_markup_names_round_trip(client):
 
 def test_instance_listing_filters_and_pages(client):
     workflow = load_workflow("chain_five")
-    ids = [client.post("/workflow/dispatch", json={"workflow": workflow}).get_json()
-           for _ in range(3)]
+    ids = [
+        client.post("/workflow/dispatch", json={"workflow": workflow}).get_json()
+        for _ in range(3)
+    ]
     other = load_workflow("diamond_and_join")
     client.post("/workflow/dispatch", json={"workflow": other, "inputs": {"a": 1}})
 

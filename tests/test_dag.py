@@ -90,8 +90,9 @@ def test_invalid_definitions_rejected(workflow, fragment):
 
 
 def test_cycle_rejected():
-    workflow = make_workflow({"a": {"default": ["b"]}, "b": {"default": ["c"]},
-                              "c": {"default": ["b"]}})
+    workflow = make_workflow(
+        {"a": {"default": ["b"]}, "b": {"default": ["c"]}, "c": {"default": ["b"]}}
+    )
     with pytest.raises(dag.InvalidDefinition, match=r"\['b', 'c'\]"):
         dag.validate_definition(workflow)
 
@@ -170,8 +171,13 @@ def test_or_join_needs_one_member():
 
 def test_failure_cancels_transitively():
     workflow = load_workflow("chain_five")
-    states = {"step0": "SUCCEEDED", "step1": "FAILED", "step2": "PENDING",
-              "step3": "PENDING", "step4": "PENDING"}
+    states = {
+        "step0": "SUCCEEDED",
+        "step1": "FAILED",
+        "step2": "PENDING",
+        "step3": "PENDING",
+        "step4": "PENDING",
+    }
     assert dag.steps_to_cancel(workflow, states) == ["step2", "step3", "step4"]
     assert states["step2"] == "PENDING"
 

@@ -103,9 +103,7 @@ def _describe_errors(messages, data, path=""):
                 # Errors of the object as a whole, or of the whole location.
                 found.extend(_describe_errors(nested, data, path))
                 continue
-            found.extend(
-                _describe_errors(nested, _child(data, key), _join(path, key))
-            )
+            found.extend(_describe_errors(nested, _child(data, key), _join(path, key)))
         return found
     return [f"{path or 'body'}: {messages}"]
 

@@ -10,9 +10,7 @@ MAX_NAME_LENGTH = 255
 #: ``package.module:object`` as Python's entry points write it; an
 #: identifier is a letter or underscore, then letters, digits or underscores.
 IDENTIFIER = r"[^\W\d]\w*"
-ENTRY_POINT_PATTERN = (
-    rf"^{IDENTIFIER}(\.{IDENTIFIER})*:{IDENTIFIER}(\.{IDENTIFIER})*$"
-)
+ENTRY_POINT_PATTERN = rf"^{IDENTIFIER}(\.{IDENTIFIER})*:{IDENTIFIER}(\.{IDENTIFIER})*$"
 INSTANCE_STATES = ("RUNNING", dag.SUCCEEDED, dag.FAILED)
 STEP_STATES = (
     dag.PENDING,
@@ -141,9 +139,7 @@ class PageQuerySchema(ma.Schema):
     """Page number and size of a listing."""
 
     page = fields.Integer(load_default=1, validate=validate.Range(min=1))
-    page_size = fields.Integer(
-        load_default=50, validate=validate.Range(min=1, max=500)
-    )
+    page_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
 class RepositoryQuerySchema(PageQuerySchema):

@@ -86,7 +86,7 @@ class RuntimeStorage(abc.ABC):
 
     @abc.abstractmethod
     def list_workflow_entries(self):
-        """Return ``{"repository", "workflow"}`` for each entry point of each repository."""
+        """Return ``{"repository", "workflow"}`` for each repository entry point."""
 
     # Workers
 
@@ -110,7 +110,7 @@ class RuntimeStorage(abc.ABC):
 
     @abc.abstractmethod
     def dispatch(self, definition, inputs):
-        """Store the definition as register_worker would, start an instance, return its id."""
+        """Store the definition as register_worker does, start a run, return its id."""
 
     @abc.abstractmethod
     def take_step(self, worker_id):

@@ -416,7 +416,8 @@ class SQLiteStorage(RuntimeStorage):
         states, results = {}, {}
         for name in step["predecessors"]:
             row = conn.execute(
-                "select state, result from steps where instance_id = ? and step_name = ?",
+                "select state, result from steps"
+                " where instance_id = ? and step_name = ?",
                 (instance_id, name),
             ).fetchone()
             states[name] = row["state"]
@@ -565,9 +566,7 @@ class SQLiteStorage(RuntimeStorage):
             (step["instance_id"], step["step_name"], worker_id),
         ).fetchone()
         if held_before is not None:
-            return (
-                "the assignment expired and the step was handed to another worker"
-            )
+            return "the assignment expired and the step was handed to another worker"
         raise NotAssigned(
             f"worker {worker_id!r} never held step {step['step_name']!r} "
             f"of instance {step['instance_id']!r}"

@@ -208,8 +208,9 @@ class ProtocolClient:
         return self.call("GET", f"/workflow/instances/{instance_id}")[1]
 
 
-def run_worker(client, worker_id, decide, *, stop_when_idle=True, idle_wait=0.05,
-               deadline=60.0):
+def run_worker(
+    client, worker_id, decide, *, stop_when_idle=True, idle_wait=0.05, deadline=60.0
+):
     """Loop keep-alive, take a step, report it, as fuseline's ProcessEngine does.
 
     ``decide(assignment)`` returns ``(state, result)`` for a step. Returns

@@ -75,9 +75,7 @@ def test_late_report_before_handout_is_applied(start_broker):
 
 
 def test_step_fails_after_max_attempts(start_broker):
-    server = start_broker(
-        env={**SHORT_DEADLINE, "FUSELINE_BROKER_MAX_ATTEMPTS": "2"}
-    )
+    server = start_broker(env={**SHORT_DEADLINE, "FUSELINE_BROKER_MAX_ATTEMPTS": "2"})
     client = ProtocolClient(server.url)
     workflow = load_workflow("chain_five")
     instance_id = client.dispatch(workflow, {})

@@ -22,7 +22,9 @@ def test_sigkill_mid_run_then_restart(start_broker):
     server = start_broker(env=RESTART_ENV)
     client = ProtocolClient(server.url)
     workflow = load_workflow("diamond_and_join")
-    instance_ids = [client.dispatch(workflow, {"a": i, "b": 0}) for i in range(INSTANCES)]
+    instance_ids = [
+        client.dispatch(workflow, {"a": i, "b": 0}) for i in range(INSTANCES)
+    ]
 
     context = multiprocessing.get_context("fork")
     out = context.Queue()
@@ -62,7 +64,9 @@ def test_sigkill_mid_run_then_restart(start_broker):
     assert set(applied.values()) == {1}
     # A report stored just before the kill may have lost its reply; the
     # worker's retry is then told it was already applied, never applied twice.
-    retried = {key for r in reports for key, reason in r["stale"] if "already" in reason}
+    retried = {
+        key for r in reports for key, reason in r["stale"] if "already" in reason
+    }
     assert not retried & set(applied)
     assert len(applied) + len(retried) == INSTANCES * 4
     client = ProtocolClient(restarted.url)

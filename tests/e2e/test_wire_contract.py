@@ -162,7 +162,10 @@ def test_keep_alive_accepts_empty_json_body(broker, wire):
 
 def test_keep_alive_unknown_worker_is_404(broker):
     status, headers, body = raw_request(
-        broker.url, "POST", "/worker/keep-alive?worker_id=nobody", b"",
+        broker.url,
+        "POST",
+        "/worker/keep-alive?worker_id=nobody",
+        b"",
         {"Content-type": "application/json"},
     )
     assert status == 404
@@ -394,7 +397,10 @@ def test_oversized_body_is_413(start_broker):
     server = start_broker(env={"FUSELINE_BROKER_MAX_CONTENT_LENGTH": "1000"})
     body = json.dumps({**REPOSITORY, "url": "x" * 2000}).encode()
     status, headers, reply = raw_request(
-        server.url, "POST", "/repository/register", body,
+        server.url,
+        "POST",
+        "/repository/register",
+        body,
         {"Content-Type": "application/json"},
     )
     assert status == 413
@@ -424,6 +430,8 @@ def test_openapi_and_swagger_ui_served_locally(broker):
     assert status == 200
     assert b"/docs/assets/swagger-ui-bundle.js" in page
     assert b"//cdn" not in page
-    status, _, script = raw_request(broker.url, "GET", "/docs/assets/swagger-ui-bundle.js")
+    status, _, script = raw_request(
+        broker.url, "GET", "/docs/assets/swagger-ui-bundle.js"
+    )
     assert status == 200
     assert len(script) > 100_000

@@ -1,4 +1,4 @@
-"""An existing Flask site with its own flask-smorest API, and the broker mounted on it."""
+"""An existing Flask site with its own flask-smorest API and the broker mounted."""
 
 import os
 
