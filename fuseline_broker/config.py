@@ -16,6 +16,7 @@ class Option:
     unit: str
     help: str
     minimum: float | None = None
+    secret: bool = False
 
     @property
     def key(self):
@@ -24,6 +25,8 @@ class Option:
 
     def parse(self, raw, source):
         """Convert a raw value to this option's type, or raise ValueError."""
+        if self.kind is list:
+            return _parse_list(self.key, raw, source)
         if self.kind is str:
             value = str(raw)
         elif isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
@@ -42,6 +45,18 @@ class Option:
                     f"got {raw!r}"
                 )
         return value
+
+
+def _parse_list(key, raw, source):
+    """Split a comma-separated string, or check a list of strings."""
+    if isinstance(raw, str):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(raw, (list, tuple)) and all(isinstance(i, str) for i in raw):
+        return [item.strip() for item in raw if item.strip()]
+    raise ValueError(
+        f"{key} from {source} must be a list of strings or a comma-separated "
+        f"string, got a {type(raw).__name__}"
+    )
 
 
 OPTIONS = (
@@ -108,6 +123,63 @@ OPTIONS = (
         "",
         "SQLite synchronous pragma: NORMAL survives a crash of the broker "
         "process; FULL also survives power loss, at a cost per write",
+    ),
+    Option(
+        "MAX_NAME_LENGTH",
+        int,
+        255,
+        "characters",
+        "longest accepted name or id (workflow, version, step, repository, worker)",
+        minimum=1,
+    ),
+    Option(
+        "MAX_STEPS",
+        int,
+        1000,
+        "steps",
+        "most steps one workflow definition may have",
+        minimum=1,
+    ),
+    Option(
+        "MAX_RESULT_BYTES",
+        int,
+        256 * 1024,
+        "bytes",
+        "largest step result, measured as compact JSON",
+        minimum=1,
+    ),
+    Option(
+        "MAX_JSON_DEPTH",
+        int,
+        32,
+        "levels",
+        "deepest nesting of lists and objects in run inputs and step results",
+        minimum=1,
+    ),
+    Option(
+        "ADMIN_TOKENS",
+        list,
+        [],
+        "",
+        "bearer tokens of the admin role, comma-separated; none means open",
+        secret=True,
+    ),
+    Option(
+        "WORKER_TOKENS",
+        list,
+        [],
+        "",
+        "bearer tokens of the worker role, comma-separated",
+        secret=True,
+    ),
+    Option(
+        "SECRET_KEY",
+        str,
+        None,
+        "",
+        "Fernet key that encrypts repository credentials in the database; "
+        "make one with: flask --app wsgi broker generate-key",
+        secret=True,
     ),
     Option(
         "LOG_LEVEL",

@@ -11,9 +11,10 @@ import flask
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, config
+from . import __version__, auth, config, logs
 from .api import repository, system, worker, workflow
-from .api.common import quote
+from .api.common import SECURITY_SCHEME, quote
+from .crypto import CredentialCipher, generate_key
 from .errors import (
     BrokerError,
     DefinitionConflict,
@@ -22,6 +23,7 @@ from .errors import (
     NotFound,
     StorageUnavailable,
 )
+from .limits import Limits
 from .storage.base import RuntimeStorage, Settings
 from .storage.sqlite import SQLiteStorage
 
@@ -54,6 +56,8 @@ class BrokerState:
     settings: Settings
     url_prefix: str
     max_content_length: int
+    limits: Limits
+    tokens: auth.TokenTable
 
 
 class BrokerApi(Api):
@@ -77,6 +81,8 @@ class BrokerApi(Api):
 
     def handle_http_exception(self, error):
         if self._owns_request():
+            if error.code not in (401, 403):  # auth logs its own rejections
+                _log_rejection(error.code, _error_message(error))
             return super().handle_http_exception(error)
         if self._host_handler is not None:
             return self._host_handler(error)
@@ -118,22 +124,48 @@ class Broker:
             step_grace=values["STEP_GRACE"],
             max_attempts=values["MAX_ATTEMPTS"],
         )
+        tokens = auth.TokenTable(values["ADMIN_TOKENS"], values["WORKER_TOKENS"])
         storage = self.storage or _open_sqlite(app, values, settings)
         storage.initialize()
         app.extensions["fuseline_broker"] = BrokerState(
-            storage, settings, prefix, values["MAX_CONTENT_LENGTH"]
+            storage=storage,
+            settings=settings,
+            url_prefix=prefix,
+            max_content_length=values["MAX_CONTENT_LENGTH"],
+            limits=Limits(
+                max_name_length=values["MAX_NAME_LENGTH"],
+                max_steps=values["MAX_STEPS"],
+                max_result_bytes=values["MAX_RESULT_BYTES"],
+                max_json_depth=values["MAX_JSON_DEPTH"],
+            ),
+            tokens=tokens,
         )
 
         _configure_openapi(app, prefix)
         api = BrokerApi(app, prefix)
+        api.spec.components.security_scheme(
+            SECURITY_SCHEME, {"type": "http", "scheme": "bearer"}
+        )
         for blueprint in BLUEPRINTS:
             api.register_blueprint(blueprint, url_prefix=prefix or None)
         app.register_blueprint(_swagger_assets_blueprint(prefix))
 
         for error_class in ERROR_STATUS:
             app.register_error_handler(error_class, _handle_broker_error)
-        app.before_request(_limit_body_size)
+        app.before_request(_before_broker_request)
+        app.wsgi_app = auth.PathTokenMiddleware(app.wsgi_app, prefix)
         app.cli.add_command(_cli_group())
+
+        secrets = tokens.secrets() + (
+            [values["SECRET_KEY"]] if values["SECRET_KEY"] else []
+        )
+        logs.install_filters(secrets)
+        if not tokens.enabled:
+            log.warning(
+                "no access tokens configured: the broker at %s/ is open to every "
+                "client that can reach it, repository credentials included",
+                prefix,
+            )
         return api
 
 
@@ -149,11 +181,13 @@ def _open_sqlite(app, values, settings):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     log.info("storing broker state in SQLite file %s", path)
+    key = values["SECRET_KEY"]
     return SQLiteStorage(
         path,
         settings,
         busy_timeout=values["BUSY_TIMEOUT"],
         synchronous=values["SQLITE_SYNCHRONOUS"],
+        cipher=CredentialCipher(key) if key else None,
     )
 
 
@@ -206,11 +240,29 @@ def _handle_broker_error(error):
     return body, status
 
 
-def _limit_body_size():
+def _log_rejection(status, message):
+    log.log(
+        logging.ERROR if status >= 500 else logging.WARNING,
+        "rejected %s %s with %d: %s",
+        flask.request.method,
+        flask.request.path,
+        status,
+        message,
+        extra={"action": "reject", "worker_id": flask.request.args.get("worker_id")},
+    )
+
+
+def _error_message(error):
+    data = getattr(error, "data", None) or {}
+    return data.get("message") or error.description
+
+
+def _before_broker_request():
     if flask.request.blueprint not in BLUEPRINT_NAMES:
         return
     state = flask.current_app.extensions["fuseline_broker"]
     flask.request.max_content_length = state.max_content_length
+    auth.check_request(state.tokens)
 
 
 def _cli_group():
@@ -227,10 +279,18 @@ def _cli_group():
     @group.command("settings")
     @flask.cli.with_appcontext
     def show_settings():
-        """Print every broker setting with its current value."""
+        """Print every broker setting with its current value; secrets masked."""
         values = config.resolve(flask.current_app.config)
         for option in config.OPTIONS:
-            click.echo(f"{option.key} = {quote(values[option.name])}")
+            value = values[option.name]
+            if option.secret and value:
+                value = logs.MASK
+            click.echo(f"{option.key} = {quote(value)}")
+
+    @group.command("generate-key")
+    def generate_secret_key():
+        """Print a new key for FUSELINE_BROKER_SECRET_KEY."""
+        click.echo(generate_key())
 
     return group
 

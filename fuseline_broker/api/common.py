@@ -7,8 +7,15 @@ from flask_smorest import Blueprint, abort
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
+from .. import auth
+
+#: Name of the bearer security scheme in the OpenAPI document.
+SECURITY_SCHEME = "bearerAuth"
+
 #: Longest repr of a rejected value quoted back in an error message.
 MAX_QUOTED_VALUE = 80
+#: Fields whose received values are never quoted in an error message.
+SECRET_FIELDS = frozenset({"credentials"})
 
 
 class DuplicateKeyError(ValueError):
@@ -60,6 +67,8 @@ class BrokerParser(FlaskParser):
             return json.loads(data, object_pairs_hook=_reject_duplicate_keys)
         except DuplicateKeyError as exc:
             abort(400, message=f"invalid JSON body: {exc}")
+        except RecursionError:
+            abort(400, message="invalid JSON body: lists and objects nest too deeply")
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         abort(400, message=f"invalid JSON body: {error}")
@@ -103,6 +112,10 @@ def _describe_errors(messages, data, path=""):
                 # Errors of the object as a whole, or of the whole location.
                 found.extend(_describe_errors(nested, data, path))
                 continue
+            if key in SECRET_FIELDS:
+                # Never echo a secret back, even an invalid one.
+                found.extend(_describe_errors(nested, _ABSENT, _join(path, key)))
+                continue
             found.extend(_describe_errors(nested, _child(data, key), _join(path, key)))
         return found
     return [f"{path or 'body'}: {messages}"]
@@ -134,6 +147,23 @@ class BrokerBlueprint(Blueprint):
     """Blueprint whose bodies go through :class:`BrokerParser`."""
 
     ARGUMENTS_PARSER = BrokerParser()
+
+
+def access(bp, role):
+    """Mark the role a view needs and document its bearer security and 401/403.
+
+    Apply it above every other decorator of the view.
+    """
+
+    def decorate(view):
+        view = auth.requires(role)(view)
+        if role == auth.PUBLIC:
+            return view
+        view = bp.doc(security=[{SECURITY_SCHEME: []}])(view)
+        view = bp.alt_response(401, response="UNAUTHORIZED")(view)
+        return bp.alt_response(403, response="FORBIDDEN")(view)
+
+    return decorate
 
 
 def storage():

@@ -2,7 +2,8 @@
 
 from flask.views import MethodView
 
-from .common import BrokerBlueprint, json_response, no_content, storage
+from .. import auth
+from .common import BrokerBlueprint, access, json_response, no_content, storage
 from .schemas import RepositoryQuerySchema, RepositorySchema
 
 bp = BrokerBlueprint(
@@ -22,6 +23,7 @@ def mask_credentials(record):
 
 @bp.route("/repository/register")
 class RepositoryRegister(MethodView):
+    @access(bp, auth.ADMIN)
     @bp.arguments(RepositorySchema)
     @bp.response(204)
     @bp.alt_response(400, response="BAD_REQUEST")
@@ -36,6 +38,7 @@ class RepositoryRegister(MethodView):
 
 @bp.route("/repository")
 class Repositories(MethodView):
+    @access(bp, auth.WORKER)
     @bp.arguments(RepositoryQuerySchema, location="query")
     @bp.response(
         200,
@@ -59,6 +62,7 @@ class Repositories(MethodView):
         """Read one repository by name, or list a page of them"""
         if "name" in query:
             return json_response(storage().get_repository(query["name"]))
+        auth.require_admin("listing repositories")
         size = query["page_size"]
         page = storage().list_repositories((query["page"] - 1) * size, size)
         response = json_response([mask_credentials(r) for r in page.items])

@@ -1,12 +1,12 @@
 """marshmallow schemas of every request and response body."""
 
+import json
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from .. import dag
+from .. import dag, limits
 
-#: Longest accepted name or id: workflow ids, versions, step names, worker ids.
-MAX_NAME_LENGTH = 255
 #: ``package.module:object`` as Python's entry points write it; an
 #: identifier is a letter or underscore, then letters, digits or underscores.
 IDENTIFIER = r"[^\W\d]\w*"
@@ -23,10 +23,16 @@ STEP_STATES = (
 )
 
 
-def Name(**kwargs):  # noqa: N802 - reads as a field type at the call sites
-    """Return a required, non-empty string field of bounded length."""
+NAME_DESCRIPTION = "At most FUSELINE_BROKER_MAX_NAME_LENGTH characters (255)."
+
+
+def Name(required=True, **kwargs):  # noqa: N802 - reads as a field type
+    """Return a non-empty string field whose maximum length is configurable."""
     return fields.String(
-        required=True, validate=validate.Length(1, MAX_NAME_LENGTH), **kwargs
+        required=required,
+        validate=[validate.Length(min=1), limits.check_name_length],
+        metadata={"description": NAME_DESCRIPTION},
+        **kwargs,
     )
 
 
@@ -68,7 +74,7 @@ class StepSchema(ma.Schema):
 
     name = Name()
     successors = fields.Dict(
-        keys=fields.String(validate=validate.Length(1, MAX_NAME_LENGTH)),
+        keys=Name(),
         values=fields.List(fields.String()),
         load_default=dict,
         metadata={"description": "Action name to the steps that follow it."},
@@ -89,19 +95,32 @@ class WorkflowSchema(ma.Schema):
     workflow_id = Name()
     version = Name()
     steps = fields.Dict(
-        keys=fields.String(validate=validate.Length(1, MAX_NAME_LENGTH)),
+        keys=Name(),
         values=fields.Nested(StepSchema),
         required=True,
+        metadata={"description": "At most FUSELINE_BROKER_MAX_STEPS steps (1000)."},
     )
     outputs = fields.List(fields.String(), load_default=list)
     policies = fields.List(fields.Nested(PolicySchema), load_default=list)
+
+    @ma.validates("steps")
+    def check_step_count(self, steps, **kwargs):
+        """Reject a definition with more steps than the configured maximum."""
+        limit = limits.current().max_steps
+        if len(steps) > limit:
+            raise ma.ValidationError(f"has {len(steps)} steps; the maximum is {limit}")
 
 
 class DispatchSchema(ma.Schema):
     """A request to start one run of a workflow."""
 
     workflow = fields.Nested(WorkflowSchema, required=True)
-    inputs = fields.Dict(keys=fields.String(), allow_none=True, load_default=None)
+    inputs = fields.Dict(
+        keys=fields.String(),
+        allow_none=True,
+        load_default=None,
+        validate=limits.check_depth,
+    )
 
 
 class ReportSchema(ma.Schema):
@@ -117,7 +136,23 @@ class ReportSchema(ma.Schema):
             error="state must be one of {choices}, received {input!r}",
         ),
     )
-    result = fields.Raw(allow_none=True, load_default=None)
+    result = fields.Raw(
+        allow_none=True,
+        load_default=None,
+        metadata={
+            "description": "Any JSON value, at most FUSELINE_BROKER_MAX_RESULT_BYTES "
+            "as compact JSON and FUSELINE_BROKER_MAX_JSON_DEPTH levels deep."
+        },
+    )
+
+    @ma.validates("result")
+    def check_result_size(self, result, **kwargs):
+        """Reject a result larger or deeper than the configured maximum."""
+        limits.check_depth(result)
+        size = len(json.dumps(result, separators=(",", ":")).encode())
+        limit = limits.current().max_result_bytes
+        if size > limit:
+            raise ma.ValidationError(f"is {size} bytes as JSON; the maximum is {limit}")
 
 
 class ReportOutcomeSchema(ma.Schema):
@@ -145,7 +180,7 @@ class PageQuerySchema(ma.Schema):
 class RepositoryQuerySchema(PageQuerySchema):
     """Either a repository name, or a page of the listing."""
 
-    name = fields.String(validate=validate.Length(1, MAX_NAME_LENGTH))
+    name = Name(required=False)
 
 
 class RepositorySchema(ma.Schema):
@@ -216,7 +251,7 @@ class AssignmentSchema(ma.Schema):
 class InstanceQuerySchema(PageQuerySchema):
     """Filters of the instance listing."""
 
-    workflow_id = fields.String(validate=validate.Length(1, MAX_NAME_LENGTH))
+    workflow_id = Name(required=False)
     state = fields.String(validate=validate.OneOf(INSTANCE_STATES))
 
 

@@ -2,7 +2,8 @@
 
 from flask.views import MethodView
 
-from .common import BrokerBlueprint, json_response, no_content, storage
+from .. import auth
+from .common import BrokerBlueprint, access, json_response, no_content, storage
 from .schemas import WorkerIdQuerySchema, WorkerSchema, WorkflowSchema
 
 bp = BrokerBlueprint(
@@ -12,6 +13,7 @@ bp = BrokerBlueprint(
 
 @bp.route("/worker/register")
 class WorkerRegister(MethodView):
+    @access(bp, auth.WORKER)
     @bp.arguments(WorkflowSchema(many=True))
     @bp.response(
         200,
@@ -30,6 +32,7 @@ class WorkerRegister(MethodView):
 
 @bp.route("/worker/keep-alive")
 class WorkerKeepAlive(MethodView):
+    @access(bp, auth.WORKER)
     @bp.arguments(WorkerIdQuerySchema, location="query")
     @bp.response(204)
     @bp.alt_response(404, response="NOT_FOUND")
@@ -42,6 +45,7 @@ class WorkerKeepAlive(MethodView):
 
 @bp.route("/workers")
 class Workers(MethodView):
+    @access(bp, auth.ADMIN)
     @bp.response(200, WorkerSchema(many=True))
     @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self):

@@ -4,7 +4,8 @@ import logging
 
 from flask.views import MethodView
 
-from .common import BrokerBlueprint, json_response, no_content, storage
+from .. import auth
+from .common import BrokerBlueprint, access, json_response, no_content, storage
 from .schemas import (
     AssignmentSchema,
     DispatchSchema,
@@ -26,6 +27,7 @@ bp = BrokerBlueprint(
 
 @bp.route("/workflow/dispatch")
 class Dispatch(MethodView):
+    @access(bp, auth.WORKER)
     @bp.arguments(DispatchSchema)
     @bp.response(
         200,
@@ -45,6 +47,7 @@ class Dispatch(MethodView):
 
 @bp.route("/workflow/step")
 class Step(MethodView):
+    @access(bp, auth.WORKER)
     @bp.arguments(WorkerIdQuerySchema, location="query")
     @bp.response(200, AssignmentSchema)
     @bp.alt_response(204, description="No step is queued for this worker.")
@@ -57,6 +60,7 @@ class Step(MethodView):
             return no_content()
         return json_response(assignment.to_wire())
 
+    @access(bp, auth.WORKER)
     @bp.arguments(WorkerIdQuerySchema, location="query")
     @bp.arguments(ReportSchema)
     @bp.response(
@@ -84,6 +88,7 @@ class Step(MethodView):
 
 @bp.route("/workflows")
 class WorkflowEntries(MethodView):
+    @access(bp, auth.ADMIN)
     @bp.response(200, WorkflowEntrySchema(many=True))
     @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self):
@@ -93,6 +98,7 @@ class WorkflowEntries(MethodView):
 
 @bp.route("/workflow/instances")
 class Instances(MethodView):
+    @access(bp, auth.ADMIN)
     @bp.arguments(InstanceQuerySchema, location="query")
     @bp.response(200, InstanceSummarySchema(many=True))
     @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
@@ -112,6 +118,7 @@ class Instances(MethodView):
 
 @bp.route("/workflow/instances/<string:instance_id>")
 class InstanceById(MethodView):
+    @access(bp, auth.ADMIN)
     @bp.response(200, InstanceSchema)
     @bp.alt_response(404, response="NOT_FOUND")
     @bp.alt_response(503, response="SERVICE_UNAVAILABLE")

@@ -11,6 +11,7 @@ import uuid
 from importlib import resources
 
 from .. import dag
+from ..crypto import is_sealed
 from ..errors import (
     DefinitionConflict,
     InvalidWorkflow,
@@ -46,8 +47,10 @@ class SQLiteStorage(RuntimeStorage):
         busy_timeout=5.0,
         synchronous="NORMAL",
         clock=time.time,
+        cipher=None,
     ):
         self.path = os.fspath(path)
+        self.cipher = cipher
         self.settings = settings or Settings()
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
@@ -81,6 +84,9 @@ class SQLiteStorage(RuntimeStorage):
             conn.execute("pragma journal_mode = wal")
             conn.execute(f"pragma synchronous = {self.synchronous}")
             conn.execute(f"pragma busy_timeout = {int(self.busy_timeout * 1000)}")
+            if self.cipher is not None:
+                # Zero freed space, so a migrated plain credential leaves no copy.
+                conn.execute("pragma secure_delete = on")
         except sqlite3.Error as exc:
             raise StorageUnavailable(
                 f"cannot open database {self.path!r}: {exc}"
@@ -140,10 +146,53 @@ class SQLiteStorage(RuntimeStorage):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"pragma user_version = {SCHEMA_VERSION}")
+                sealed = self._seal_plain_credentials(conn)
+            if sealed:
+                # Push the rewritten pages into the main file and empty the WAL,
+                # which still holds the plain text until a checkpoint.
+                conn.execute("pragma wal_checkpoint(truncate)")
+                log.info("encrypted the credentials of %d repositories", sealed)
         except StorageUnavailable:
             raise
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot create schema: {exc}") from exc
+
+    def _seal_plain_credentials(self, conn):
+        """Encrypt credentials stored before a secret key was configured."""
+        if self.cipher is None:
+            return 0
+        rows = conn.execute(
+            "select name, credentials from repositories"
+            " where credentials not like 'fernet:%'"
+        ).fetchall()
+        for row in rows:
+            conn.execute(
+                "update repositories set credentials = ? where name = ?",
+                (self.cipher.seal(row["credentials"]), row["name"]),
+            )
+        return len(rows)
+
+    def _seal(self, credentials):
+        text = _dumps(credentials)
+        return text if self.cipher is None else self.cipher.seal(text)
+
+    def _unseal(self, stored):
+        if self.cipher is not None:
+            return json.loads(self.cipher.unseal(stored))
+        if is_sealed(stored):
+            raise StorageUnavailable(
+                "repository credentials are encrypted; set "
+                "FUSELINE_BROKER_SECRET_KEY to the key they were encrypted with"
+            )
+        return json.loads(stored)
+
+    def _repository_record(self, row):
+        return {
+            "name": row["name"],
+            "url": row["url"],
+            "workflows": json.loads(row["workflows"]),
+            "credentials": self._unseal(row["credentials"]),
+        }
 
     # Repositories
 
@@ -161,7 +210,7 @@ class SQLiteStorage(RuntimeStorage):
                     record["name"],
                     record["url"],
                     _dumps(record["workflows"]),
-                    _dumps(record["credentials"]),
+                    self._seal(record["credentials"]),
                     self.clock(),
                 ),
             )
@@ -173,7 +222,7 @@ class SQLiteStorage(RuntimeStorage):
             ).fetchone()
         if row is None:
             raise NotFound(f"repository {name!r} not found")
-        return _repository_record(row)
+        return self._repository_record(row)
 
     def list_repositories(self, offset, limit):
         with self._read() as conn:
@@ -182,7 +231,7 @@ class SQLiteStorage(RuntimeStorage):
                 "select * from repositories order by name limit ? offset ?",
                 (limit, offset),
             ).fetchall()
-        return Page([_repository_record(row) for row in rows], total)
+        return Page([self._repository_record(row) for row in rows], total)
 
     def list_workflow_entries(self):
         with self._read() as conn:
@@ -707,15 +756,6 @@ class SQLiteStorage(RuntimeStorage):
             ).fetchall()
             queued = conn.execute("select count(*) from queue").fetchone()[0]
         return {"instances": {row["state"]: row["n"] for row in rows}, "queued": queued}
-
-
-def _repository_record(row):
-    return {
-        "name": row["name"],
-        "url": row["url"],
-        "workflows": json.loads(row["workflows"]),
-        "credentials": json.loads(row["credentials"]),
-    }
 
 
 def _instance_summary(row):

@@ -34,6 +34,7 @@ class BrokerServer:
         log_path=None,
         port=None,
         app_spec="wsgi:app",
+        args=(),
     ):
         self.database = Path(database)
         self.workers = workers
@@ -42,6 +43,7 @@ class BrokerServer:
         self.log_path = Path(log_path or self.database.with_suffix(".log"))
         self.port = port
         self.app_spec = app_spec
+        self.args = list(args)
         self.process = None
 
     @property
@@ -69,6 +71,7 @@ class BrokerServer:
             str(self.threads),
             "--worker-class",
             "gthread",
+            *self.args,
         ]
         self._log = open(self.log_path, "ab")
         # A session of its own lets a test kill the master and its workers at once.
