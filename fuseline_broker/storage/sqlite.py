@@ -81,7 +81,7 @@ class SQLiteStorage(RuntimeStorage):
                 check_same_thread=False,
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("pragma journal_mode = wal")
+            self._enable_wal(conn)
             conn.execute(f"pragma synchronous = {self.synchronous}")
             conn.execute(f"pragma busy_timeout = {int(self.busy_timeout * 1000)}")
             if self.cipher is not None:
@@ -93,12 +93,43 @@ class SQLiteStorage(RuntimeStorage):
             ) from exc
         return conn
 
+    def _enable_wal(self, conn):
+        """Switch the file to WAL, retrying while another process holds it.
+
+        On a new file the switch needs an exclusive lock, and SQLite reports
+        "database is locked" at once instead of waiting out the busy timeout,
+        so gunicorn processes starting together would otherwise fail to boot.
+        """
+        deadline = time.monotonic() + max(self.busy_timeout, 1.0)
+        while True:
+            try:
+                conn.execute("pragma journal_mode = wal")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     def close(self):
         """Close this thread's connection, if it has one."""
         conn = getattr(self._local, "conn", None)
+        self._local.conn = None
         if conn is not None:
-            conn.close()
-            self._local.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _fail(self, conn, exc, doing):
+        """Roll back, drop the connection and raise StorageUnavailable.
+
+        After a disk-full or I/O error SQLite may leave a connection unusable,
+        so the next request of this thread opens a fresh one; that is what
+        lets the broker recover without a restart once the fault is gone.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("rollback")
+        self.close()
+        raise StorageUnavailable(f"database {doing} failed: {exc}") from exc
 
     @contextlib.contextmanager
     def _write(self):
@@ -107,15 +138,16 @@ class SQLiteStorage(RuntimeStorage):
         try:
             conn.execute("begin immediate")
         except sqlite3.Error as exc:
-            raise StorageUnavailable(f"database is unavailable: {exc}") from exc
+            self._fail(conn, exc, "write")
         try:
             yield conn
             conn.execute("commit")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("rollback")
-            if isinstance(exc, sqlite3.Error):
-                raise StorageUnavailable(f"database write failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            self._fail(conn, exc, "write")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("rollback")
             raise
 
     @contextlib.contextmanager
@@ -125,11 +157,14 @@ class SQLiteStorage(RuntimeStorage):
         try:
             conn.execute("begin")
             yield conn
+            conn.execute("rollback")
         except sqlite3.Error as exc:
-            raise StorageUnavailable(f"database read failed: {exc}") from exc
-        finally:
-            if conn.in_transaction:
-                conn.execute("rollback")
+            self._fail(conn, exc, "read")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("rollback")
+            raise
 
     def initialize(self):
         """Create the tables and indexes that are missing."""
