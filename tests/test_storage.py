@@ -1,0 +1,195 @@
+"""RuntimeStorage contract tests, run with an injected clock instead of sleeps."""
+
+import threading
+
+import pytest
+
+from fuseline_broker.errors import DefinitionConflict, NotAssigned, NotFound
+from fuseline_broker.storage.base import Settings
+from fuseline_broker.storage.sqlite import SQLiteStorage
+
+from .conftest import load_workflow
+
+STEP_TIMEOUT = 100.0
+
+
+class FakeClock:
+    """A clock that moves only when a test says so."""
+
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture(params=["sqlite"])
+def storage(request, tmp_path, clock):
+    """Every RuntimeStorage implementation, each on fresh state."""
+    settings = Settings(
+        worker_ttl=30, step_timeout=STEP_TIMEOUT, step_grace=30, max_attempts=3
+    )
+    store = SQLiteStorage(tmp_path / "broker.db", settings, clock=clock)
+    store.initialize()
+    yield store
+    store.close()
+
+
+def report(assignment, state="SUCCEEDED", result=None):
+    return {
+        "workflow_id": assignment.workflow_id,
+        "instance_id": assignment.instance_id,
+        "step_name": assignment.step_name,
+        "state": state,
+        "result": result,
+    }
+
+
+@pytest.fixture
+def chain(storage):
+    workflow = load_workflow("chain_five")
+    instance_id = storage.dispatch(workflow, {})
+    return workflow, instance_id
+
+
+def test_deadline_is_assigned_at_plus_budget(storage, chain, clock):
+    worker = storage.register_worker([chain[0]])
+    assignment = storage.take_step(worker)
+    assert assignment.assigned_at == clock.now
+    assert assignment.expires_at == clock.now + STEP_TIMEOUT
+
+
+def test_step_at_deadline_not_expired(storage, chain, clock):
+    first = storage.register_worker([chain[0]])
+    second = storage.register_worker([chain[0]])
+    storage.take_step(first)
+    clock.advance(STEP_TIMEOUT)
+    assert storage.take_step(second) is None
+
+
+def test_report_after_deadline_before_handout_applied(storage, chain, clock):
+    first = storage.register_worker([chain[0]])
+    other = storage.register_worker([load_workflow("diamond_and_join")])
+    assignment = storage.take_step(first)
+    clock.advance(STEP_TIMEOUT + 1)
+    # A poll by a worker of another workflow queues the step again.
+    assert storage.take_step(other) is None
+    assert storage.get_instance(chain[1])["steps"]["step0"]["state"] == "QUEUED"
+
+    outcome = storage.report_step(first, report(assignment, result="late"))
+
+    assert outcome.applied
+    steps = storage.get_instance(chain[1])["steps"]
+    assert steps["step0"]["result"] == "late"
+    assert steps["step1"]["state"] == "QUEUED"
+
+
+def test_report_after_handout_to_other_ignored(storage, chain, clock):
+    first = storage.register_worker([chain[0]])
+    second = storage.register_worker([chain[0]])
+    assignment = storage.take_step(first)
+    clock.advance(STEP_TIMEOUT + 1)
+    retaken = storage.take_step(second)
+    assert retaken.step_name == "step0"
+    before = storage.get_instance(chain[1])
+
+    outcome = storage.report_step(first, report(assignment, result="late"))
+
+    assert not outcome.applied
+    assert "another worker" in outcome.reason
+    assert storage.get_instance(chain[1]) == before
+    assert storage.report_step(second, report(retaken, result="ok")).applied
+
+
+def test_attempts_exhausted_fail_and_cancel(storage, chain, clock):
+    worker = storage.register_worker([chain[0]])
+    for attempt in range(1, 4):
+        assignment = storage.take_step(worker)
+        assert assignment.step_name == "step0"
+        assert storage.get_instance(chain[1])["steps"]["step0"]["attempts"] == attempt
+        clock.advance(STEP_TIMEOUT + 1)
+
+    assert storage.take_step(worker) is None
+    instance = storage.get_instance(chain[1])
+    assert instance["state"] == "FAILED"
+    assert instance["steps"]["step0"]["result"]["attempts"] == 3
+    assert {instance["steps"][f"step{i}"]["state"] for i in range(1, 5)} == {
+        "CANCELLED"
+    }
+
+
+def test_oldest_queued_step_first(storage, clock):
+    workflow = load_workflow("chain_five")
+    older = storage.dispatch(workflow, {})
+    clock.advance(1)
+    newer = storage.dispatch(workflow, {})
+    worker = storage.register_worker([workflow])
+    assert storage.take_step(worker).instance_id == older
+    assert storage.take_step(worker).instance_id == newer
+
+
+def test_worker_gets_only_registered_workflows(storage):
+    storage.dispatch(load_workflow("chain_five"), {})
+    worker = storage.register_worker([load_workflow("diamond_and_join")])
+    assert storage.take_step(worker) is None
+
+
+def test_conflicting_definition_stores_nothing(storage):
+    workflow = load_workflow("chain_five")
+    storage.register_worker([workflow])
+    changed = load_workflow("chain_five")
+    changed["outputs"] = ["step3"]
+    with pytest.raises(DefinitionConflict, match="outputs"):
+        storage.register_worker([load_workflow("or_join"), changed])
+    assert storage.list_workers(live_only=False).__len__() == 1
+    with pytest.raises(NotFound):
+        storage.touch_worker("never-registered")
+
+
+def test_stranger_report_raises(storage, chain):
+    holder = storage.register_worker([chain[0]])
+    stranger = storage.register_worker([chain[0]])
+    assignment = storage.take_step(holder)
+    with pytest.raises(NotAssigned):
+        storage.report_step(stranger, report(assignment))
+
+
+def test_liveness_follows_ttl(storage, clock):
+    worker = storage.register_worker([load_workflow("chain_five")])
+    clock.advance(31)
+    assert storage.list_workers() == []
+    storage.touch_worker(worker)
+    assert [w["worker_id"] for w in storage.list_workers()] == [worker]
+
+
+def test_threads_never_share_a_step(storage):
+    workflow = load_workflow("diamond_and_join")
+    for _ in range(30):
+        storage.dispatch(workflow, {"a": 1, "b": 1})
+    workers = [storage.register_worker([workflow]) for _ in range(6)]
+    taken = []
+    lock = threading.Lock()
+
+    def take_all(worker):
+        while True:
+            assignment = storage.take_step(worker)
+            if assignment is None:
+                return
+            with lock:
+                taken.append((assignment.instance_id, assignment.step_name))
+
+    threads = [threading.Thread(target=take_all, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 30
+    assert len(set(taken)) == 30
