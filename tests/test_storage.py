@@ -193,3 +193,30 @@ def test_threads_never_share_a_step(storage):
         thread.join()
     assert len(taken) == 30
     assert len(set(taken)) == 30
+
+
+def test_one_log_line_per_event(storage, chain, clock, caplog):
+    caplog.set_level("INFO", logger="fuseline_broker")
+    worker = storage.register_worker([chain[0]])
+    assignment = storage.take_step(worker)
+    storage.report_step(worker, report(assignment))
+    storage.report_step(worker, report(assignment))
+    second = storage.take_step(worker)
+    clock.advance(STEP_TIMEOUT + 1)
+    storage.take_step(worker)
+
+    lines = [record.getMessage() for record in caplog.records]
+    ids = f"instance={chain[1]}"
+    assert [line.split(" ")[0] for line in lines] == [
+        "registered",
+        "handout",
+        "report",
+        "stale",
+        "handout",
+        "expired,",
+        "handout",
+    ]
+    assert all(ids in line for line in lines[1:])
+    assert all(f"worker={worker}" in line for line in lines)
+    assert f"step={second.step_name}" in lines[5]
+    assert all("workflow=chain" in line for line in lines[1:])

@@ -340,9 +340,9 @@ class SQLiteStorage(RuntimeStorage):
                 [(worker_id, *key) for key in keys],
             )
         log.info(
-            "registered worker %s for %s",
+            "registered worker=%s workflows=%s",
             worker_id,
-            ", ".join(f"{w}@{v}" for w, v in keys) or "no workflows",
+            ",".join(f"{w}@{v}" for w, v in keys) or "none",
             extra={"action": "register_worker", "worker_id": worker_id},
         )
         return worker_id
@@ -406,9 +406,9 @@ class SQLiteStorage(RuntimeStorage):
             for name in dag.starting_steps(definition):
                 self._enqueue(conn, key, instance_id, name)
         log.info(
-            "dispatched instance %s of %s@%s",
-            instance_id,
+            "dispatched workflow=%s@%s instance=%s",
             *key,
+            instance_id,
             extra={"action": "dispatch", "instance_id": instance_id},
         )
         return instance_id
@@ -477,10 +477,10 @@ class SQLiteStorage(RuntimeStorage):
 
         payload = self._payload(conn, instance_id, step)
         log.info(
-            "handed step %s of instance %s (%s@%s) to worker %s, attempt %d",
-            step_name,
-            instance_id,
+            "handout workflow=%s@%s instance=%s step=%s worker=%s attempt=%d",
             *key,
+            instance_id,
+            step_name,
             worker_id,
             attempt,
             extra={
@@ -535,10 +535,11 @@ class SQLiteStorage(RuntimeStorage):
             if row["attempts"] < self.settings.max_attempts:
                 self._enqueue(conn, key, instance_id, step_name)
                 log.warning(
-                    "step %s of instance %s expired at worker %s after attempt %d;"
-                    " queued again",
-                    step_name,
+                    "expired, queued again: workflow=%s instance=%s step=%s"
+                    " worker=%s attempt=%d",
+                    key[0],
                     instance_id,
+                    step_name,
                     row["worker_id"],
                     row["attempts"],
                     extra=extra,
@@ -558,9 +559,12 @@ class SQLiteStorage(RuntimeStorage):
                 (dag.FAILED, _dumps(result), now, instance_id, step_name),
             )
             log.error(
-                "step %s of instance %s failed: %d assignments expired",
-                step_name,
+                "expired for good, step failed: workflow=%s instance=%s step=%s"
+                " worker=%s attempts=%d",
+                key[0],
                 instance_id,
+                step_name,
+                row["worker_id"],
                 row["attempts"],
                 extra=extra,
             )
@@ -597,9 +601,11 @@ class SQLiteStorage(RuntimeStorage):
             refusal = self._stale_report_reason(conn, step, worker_id, report)
             if refusal is not None:
                 log.warning(
-                    "ignored report of step %s of instance %s by worker %s: %s",
-                    step_name,
+                    "stale report ignored: workflow=%s instance=%s step=%s worker=%s"
+                    " reason=%s",
+                    report["workflow_id"],
                     instance_id,
+                    step_name,
                     worker_id,
                     refusal,
                     extra={**extra, "action": "stale_report"},
@@ -609,10 +615,11 @@ class SQLiteStorage(RuntimeStorage):
             key = (instance["workflow_id"], instance["version"])
             self._apply_report(conn, key, worker_id, report, now)
         log.info(
-            "worker %s reported step %s of instance %s as %s",
-            worker_id,
-            step_name,
+            "report workflow=%s instance=%s step=%s worker=%s state=%s",
+            report["workflow_id"],
             instance_id,
+            step_name,
+            worker_id,
             report["state"],
             extra=extra,
         )
@@ -719,9 +726,9 @@ class SQLiteStorage(RuntimeStorage):
             (outcome, now, instance_id),
         )
         log.info(
-            "instance %s of %s@%s finished as %s",
-            instance_id,
+            "finished workflow=%s@%s instance=%s state=%s",
             *key,
+            instance_id,
             outcome,
             extra={"action": "finish", "instance_id": instance_id},
         )
