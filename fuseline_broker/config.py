@@ -125,6 +125,23 @@ OPTIONS = (
         "process; FULL also survives power loss, at a cost per write",
     ),
     Option(
+        "RETENTION",
+        float,
+        7 * 24 * 3600.0,
+        "s",
+        "finished instances older than this are purged",
+        minimum=0,
+    ),
+    Option(
+        "PURGE_BATCH",
+        int,
+        50,
+        "instances",
+        "how many old instances a dispatch purges, at most every 10 s per "
+        "process; 0 leaves purging to the purge command",
+        minimum=0,
+    ),
+    Option(
         "MAX_NAME_LENGTH",
         int,
         255,

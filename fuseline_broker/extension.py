@@ -24,6 +24,7 @@ from .errors import (
     StorageUnavailable,
 )
 from .limits import Limits
+from .retention import Retention
 from .storage.base import RuntimeStorage, Settings
 from .storage.sqlite import SQLiteStorage
 
@@ -58,6 +59,7 @@ class BrokerState:
     max_content_length: int
     limits: Limits
     tokens: auth.TokenTable
+    retention: Retention
 
 
 class BrokerApi(Api):
@@ -139,6 +141,7 @@ class Broker:
                 max_json_depth=values["MAX_JSON_DEPTH"],
             ),
             tokens=tokens,
+            retention=Retention(values["RETENTION"], values["PURGE_BATCH"]),
         )
 
         _configure_openapi(app, prefix)
@@ -286,6 +289,21 @@ def _cli_group():
             if option.secret and value:
                 value = logs.MASK
             click.echo(f"{option.key} = {quote(value)}")
+
+    @group.command("purge")
+    @click.option(
+        "--older-than",
+        type=float,
+        default=None,
+        help="Age in seconds of the newest finished instance to delete "
+        "[default: FUSELINE_BROKER_RETENTION].",
+    )
+    @flask.cli.with_appcontext
+    def purge(older_than):
+        """Delete finished instances older than the retention age."""
+        state = flask.current_app.extensions["fuseline_broker"]
+        deleted = state.retention.purge_all(state.storage, older_than)
+        click.echo(f"purged {deleted} finished instances")
 
     @group.command("generate-key")
     def generate_secret_key():

@@ -140,3 +140,43 @@ def test_every_operation_documents_its_errors(client):
                 assert {"400", "413", "415", "422"} <= codes, (method, path)
             if "worker_id" in json.dumps(operation.get("parameters", [])):
                 assert "404" in codes, (method, path)
+
+
+def test_purge_command_deletes_finished(app, client):
+    workflow = load_workflow("conditional_skip")
+    instance_id = client.post("/workflow/dispatch", json={"workflow": workflow})
+    instance_id = instance_id.get_json()
+    worker_id = client.post("/worker/register", json=[workflow]).get_json()
+    while (
+        step := client.get(f"/workflow/step?worker_id={worker_id}")
+    ).status_code == 200:
+        body = step.get_json()
+        client.post(
+            f"/workflow/step?worker_id={worker_id}",
+            json={
+                **{k: body[k] for k in ("workflow_id", "instance_id", "step_name")},
+                "state": "SUCCEEDED",
+                "result": None,
+            },
+        )
+    running = client.post("/workflow/dispatch", json={"workflow": workflow}).get_json()
+    runner = app.test_cli_runner()
+
+    kept = runner.invoke(args=["broker", "purge"])
+    assert "purged 0" in kept.output
+    purged = runner.invoke(args=["broker", "purge", "--older-than", "0"])
+    assert "purged 1" in purged.output
+    assert client.get(f"/workflow/instances/{instance_id}").status_code == 404
+    assert client.get(f"/workflow/instances/{running}").status_code == 200
+
+
+def test_settings_command_masks_secrets(tmp_path):
+    app = create_app(
+        {
+            "FUSELINE_BROKER_DATABASE": str(tmp_path / "b.db"),
+            "FUSELINE_BROKER_ADMIN_TOKENS": "very-secret-token",
+        }
+    )
+    output = app.test_cli_runner().invoke(args=["broker", "settings"]).output
+    assert "FUSELINE_BROKER_ADMIN_TOKENS" in output
+    assert "very-secret-token" not in output

@@ -220,3 +220,53 @@ def test_one_log_line_per_event(storage, chain, clock, caplog):
     assert all(f"worker={worker}" in line for line in lines)
     assert f"step={second.step_name}" in lines[5]
     assert all("workflow=chain" in line for line in lines[1:])
+
+
+def finish_run(storage, workflow):
+    instance_id = storage.dispatch(workflow, {})
+    worker = storage.register_worker([workflow])
+    while (assignment := storage.take_step(worker)) is not None:
+        storage.report_step(worker, report(assignment))
+    return instance_id
+
+
+def test_purge_keeps_running_and_recent(storage, clock):
+    workflow = load_workflow("chain_five")
+    old = finish_run(storage, workflow)
+    clock.advance(100)
+    recent = finish_run(storage, workflow)
+    running = storage.dispatch(workflow, {})
+
+    assert storage.purge_finished(clock.now - 50, limit=10) == 1
+
+    with pytest.raises(NotFound):
+        storage.get_instance(old)
+    assert storage.get_instance(recent)["state"] == "SUCCEEDED"
+    assert storage.get_instance(running)["state"] == "RUNNING"
+    assert storage.purge_finished(clock.now + 1, limit=10) == 1
+    assert storage.get_instance(running)["state"] == "RUNNING"
+
+
+def test_purge_respects_limit(storage, clock):
+    workflow = load_workflow("conditional_skip")
+    for _ in range(5):
+        finish_run(storage, workflow)
+    clock.advance(10)
+    assert storage.purge_finished(clock.now, limit=2) == 2
+    assert storage.list_instances(None, None, 0, 10).total == 3
+
+
+def test_lazy_purge_paced(storage, clock):
+    from fuseline_broker.retention import LAZY_INTERVAL, Retention
+
+    workflow = load_workflow("conditional_skip")
+    for _ in range(3):
+        finish_run(storage, workflow)
+    clock.advance(1000)
+    retention = Retention(max_age=500, lazy_batch=2, clock=clock)
+
+    assert retention.purge_some(storage) == 2
+    assert retention.purge_some(storage) == 0
+    clock.advance(LAZY_INTERVAL)
+    assert retention.purge_some(storage) == 1
+    assert storage.list_instances(None, None, 0, 10).total == 0

@@ -171,9 +171,9 @@ def storage():
     return flask.current_app.extensions["fuseline_broker"].storage
 
 
-def settings():
-    """Return the broker's settings for the application handling this request."""
-    return flask.current_app.extensions["fuseline_broker"].settings
+def retention():
+    """Return the purge policy of the application handling this request."""
+    return flask.current_app.extensions["fuseline_broker"].retention
 
 
 def no_content():
@@ -196,6 +196,6 @@ __all__ = [
     "json_response",
     "no_content",
     "quote",
-    "settings",
+    "retention",
     "storage",
 ]

@@ -5,7 +5,14 @@ import logging
 from flask.views import MethodView
 
 from .. import auth
-from .common import BrokerBlueprint, access, json_response, no_content, storage
+from .common import (
+    BrokerBlueprint,
+    access,
+    json_response,
+    no_content,
+    retention,
+    storage,
+)
 from .schemas import (
     AssignmentSchema,
     DispatchSchema,
@@ -42,6 +49,7 @@ class Dispatch(MethodView):
     def post(self, request):
         """Store a workflow definition and start a run of it"""
         instance_id = storage().dispatch(request["workflow"], request["inputs"])
+        retention().purge_some(storage())
         return json_response(instance_id)
 
 

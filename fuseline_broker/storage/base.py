@@ -138,5 +138,9 @@ class RuntimeStorage(abc.ABC):
         """Return a Page of instance summaries, newest first, optionally filtered."""
 
     @abc.abstractmethod
-    def count_states(self):
-        """Return the number of instances in each state and of queued steps."""
+    def purge_finished(self, finished_before, limit):
+        """Delete up to ``limit`` instances that finished before a Unix time.
+
+        Their steps and assignment history go with them; running instances
+        are never touched. Returns how many instances were deleted.
+        """

@@ -791,13 +791,24 @@ class SQLiteStorage(RuntimeStorage):
             ).fetchall()
         return Page([_instance_summary(row) for row in rows], total)
 
-    def count_states(self):
-        with self._read() as conn:
+    def purge_finished(self, finished_before, limit):
+        with self._write() as conn:
             rows = conn.execute(
-                "select state, count(*) as n from instances group by state"
+                "select instance_id from instances"
+                " where finished_at < ? order by finished_at limit ?",
+                (finished_before, limit),
             ).fetchall()
-            queued = conn.execute("select count(*) from queue").fetchone()[0]
-        return {"instances": {row["state"]: row["n"] for row in rows}, "queued": queued}
+            ids = [(row["instance_id"],) for row in rows]
+            for table in ("assignments", "steps", "instances"):
+                conn.executemany(f"delete from {table} where instance_id = ?", ids)
+        if ids:
+            log.info(
+                "purged %d instances finished before %.0f",
+                len(ids),
+                finished_before,
+                extra={"action": "purge"},
+            )
+        return len(ids)
 
 
 def _instance_summary(row):
