@@ -321,8 +321,10 @@ class SQLiteStorage(RuntimeStorage):
 
     def register_worker(self, definitions):
         worker_id = uuid.uuid4().hex
-        now = self.clock()
         with self._write() as conn:
+            # Read the clock once the write lock is held: a request that
+            # waited for the lock must not get a time from before the wait.
+            now = self.clock()
             keys = []
             for definition in definitions:
                 self._store_definition(conn, definition)
@@ -390,9 +392,9 @@ class SQLiteStorage(RuntimeStorage):
 
     def dispatch(self, definition, inputs):
         instance_id = uuid.uuid4().hex
-        now = self.clock()
         key = dag.definition_key(definition)
         with self._write() as conn:
+            now = self.clock()
             self._store_definition(conn, definition)
             conn.execute(
                 "insert into instances (instance_id, workflow_id, version, state,"
@@ -425,8 +427,8 @@ class SQLiteStorage(RuntimeStorage):
         )
 
     def take_step(self, worker_id):
-        now = self.clock()
         with self._write() as conn:
+            now = self.clock()
             self._touch(conn, worker_id, now)
             self._expire_overdue(conn, now)
             head = self._queue_head(conn, self._workflows_of(conn, worker_id))
@@ -571,7 +573,6 @@ class SQLiteStorage(RuntimeStorage):
             self._advance(conn, key, instance_id, step_name, dag.FAILED, None, now)
 
     def report_step(self, worker_id, report):
-        now = self.clock()
         instance_id, step_name = report["instance_id"], report["step_name"]
         extra = {
             "action": "report",
@@ -581,6 +582,7 @@ class SQLiteStorage(RuntimeStorage):
             "worker_id": worker_id,
         }
         with self._write() as conn:
+            now = self.clock()
             self._touch(conn, worker_id, now)
             instance = conn.execute(
                 "select workflow_id, version from instances where instance_id = ?",
