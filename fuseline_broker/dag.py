@@ -6,6 +6,7 @@ so every storage backend applies the same rules.
 """
 
 import json
+import math
 
 PENDING = "PENDING"
 QUEUED = "QUEUED"
@@ -61,6 +62,17 @@ def validate_definition(definition):
                 f"{label}: step key {key!r} does not match its name {step['name']!r}"
             )
         _check_references(label, steps, key, step)
+
+    for key, step in steps.items():
+        try:
+            budget = step_budget(step, default_timeout=0, grace=0)
+        except (OverflowError, TypeError, ValueError):
+            budget = math.inf
+        if not math.isfinite(budget):
+            raise InvalidDefinition(
+                f"{label}: the timeout and retry policies of step {key!r} give "
+                "no finite deadline"
+            )
 
     for name in definition["outputs"]:
         if name not in steps:

@@ -85,7 +85,12 @@ class BrokerApi(Api):
         if self._owns_request():
             if error.code not in (401, 403):  # auth logs its own rejections
                 _log_rejection(error.code, _error_message(error))
-            return super().handle_http_exception(error)
+            response = flask.make_response(super().handle_http_exception(error))
+            valid_methods = getattr(error, "valid_methods", None)
+            if valid_methods:
+                # A 405 must say which methods the resource allows.
+                response.headers["Allow"] = ", ".join(valid_methods)
+            return response
         if self._host_handler is not None:
             return self._host_handler(error)
         return error

@@ -1,6 +1,7 @@
 """Request parsing and error helpers shared by every broker blueprint."""
 
 import json
+import math
 
 import flask
 from flask_smorest import Blueprint, abort
@@ -29,6 +30,21 @@ def _reject_duplicate_keys(pairs):
             raise DuplicateKeyError(f"duplicate key {key!r} in a JSON object")
         mapping[key] = value
     return mapping
+
+
+class NonFiniteNumberError(ValueError):
+    """A JSON number that is NaN, infinite or too large for a float."""
+
+
+def _reject_constant(name):
+    raise NonFiniteNumberError(f"{name} is not a JSON number")
+
+
+def _parse_finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumberError(f"{text} is too large for a finite number")
+    return value
 
 
 def quote(value):
@@ -64,11 +80,24 @@ class BrokerParser(FlaskParser):
                 ),
             )
         try:
-            return json.loads(data, object_pairs_hook=_reject_duplicate_keys)
-        except DuplicateKeyError as exc:
+            value = json.loads(
+                data,
+                object_pairs_hook=_reject_duplicate_keys,
+                parse_constant=_reject_constant,
+                parse_float=_parse_finite_float,
+            )
+        except (DuplicateKeyError, NonFiniteNumberError) as exc:
             abort(400, message=f"invalid JSON body: {exc}")
         except RecursionError:
             abort(400, message="invalid JSON body: lists and objects nest too deeply")
+        try:
+            # json.loads accepts a lone UTF-16 surrogate escape such as
+            # "\ud800", which no UTF-8 text (and so no SQLite text) can hold.
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            bad = quote(exc.object[exc.start : exc.end])
+            abort(400, message=f"invalid JSON body: lone surrogate {bad} in a string")
+        return value
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         abort(400, message=f"invalid JSON body: {error}")

@@ -47,25 +47,33 @@ class PolicySchema(ma.Schema):
         """Check the settings of the policies whose deadline the broker computes."""
         config = data.get("config") or {}
         if data.get("name") == "timeout":
-            _check_number(config, "seconds", minimum=0, exclusive=True)
+            _check_number(config, "seconds", 0, MAX_POLICY_SECONDS, exclusive=True)
         elif data.get("name") == "retry":
-            _check_number(config, "max_retries", minimum=1, integer=True)
+            _check_number(config, "max_retries", 1, MAX_RETRIES, integer=True)
             if "wait" in config:
-                _check_number(config, "wait", minimum=0)
+                _check_number(config, "wait", 0, MAX_POLICY_SECONDS)
 
 
-def _check_number(config, key, *, minimum, exclusive=False, integer=False):
+#: Upper bounds on the policy settings that go into a step's deadline, so
+#: the deadline stays a finite float: about 31 years, and a million tries.
+MAX_POLICY_SECONDS = 10**9
+MAX_RETRIES = 10**6
+
+
+def _check_number(config, key, minimum, maximum, *, exclusive=False, integer=False):
     value = config.get(key)
     kind = "an integer" if integer else "a number"
     valid = isinstance(value, int if integer else (int, float)) and not isinstance(
         value, bool
     )
     if valid:
-        valid = value > minimum if exclusive else value >= minimum
+        above = value > minimum if exclusive else value >= minimum
+        valid = above and value <= maximum
     if not valid:
-        bound = f"> {minimum}" if exclusive else f">= {minimum}"
+        low = f"> {minimum}" if exclusive else f">= {minimum}"
         raise ma.ValidationError(
-            f"config.{key} must be {kind} {bound}, received {value!r}", "config"
+            f"config.{key} must be {kind} {low} and <= {maximum}, received {value!r}",
+            "config",
         )
 
 
@@ -170,10 +178,14 @@ class WorkerIdQuerySchema(ma.Schema):
     worker_id = Name()
 
 
+#: Highest page number; keeps the row offset within SQLite's 64-bit integers.
+MAX_PAGE = 10**9
+
+
 class PageQuerySchema(ma.Schema):
     """Page number and size of a listing."""
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_PAGE))
     page_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
