@@ -64,7 +64,7 @@ class TokenTable:
 
 
 def required_role():
-    """Return the role the matched view asks for; views not marked need admin."""
+    """Return the role the matched view requires; unmarked views require admin."""
     view = flask.current_app.view_functions.get(flask.request.endpoint)
     view_class = getattr(view, "view_class", None)
     if view_class is not None:

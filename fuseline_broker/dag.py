@@ -1,8 +1,8 @@
 """Workflow graph rules: validation, readiness, branching, cancellation, completion.
 
 This module works on plain dictionaries (a workflow definition as fuseline
-sends it, and a mapping of step name to state) and knows nothing of storage,
-so every storage backend applies the same rules.
+sends it, and a mapping of step name to state) and has no storage code, so
+every storage backend applies the same rules.
 """
 
 import json
@@ -47,9 +47,10 @@ def canonical_json(definition):
 def validate_definition(definition):
     """Raise InvalidDefinition naming the first structural fault of a definition.
 
-    The checks: each step's ``name`` matches its key; every name used in
-    successors, predecessors, OR groups and outputs is a step; OR group
-    members are predecessors; predecessors and successors agree; no cycles.
+    Each step's ``name`` must match its key. Every name used in successors,
+    predecessors, OR groups and outputs must be a step, and OR group members
+    must be predecessors. Predecessors and successors must agree, and the
+    graph must have no cycle. Policies must give each step a finite deadline.
     """
     label = "workflow {!r} version {!r}".format(*definition_key(definition))
     steps = definition["steps"]

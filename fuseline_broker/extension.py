@@ -51,7 +51,7 @@ ERROR_STATUS = {
 
 @dataclass
 class BrokerState:
-    """What the broker keeps in ``app.extensions["fuseline_broker"]``."""
+    """Per-application broker state, stored in ``app.extensions["fuseline_broker"]``."""
 
     storage: RuntimeStorage
     settings: Settings
@@ -88,7 +88,7 @@ class BrokerApi(Api):
             response = flask.make_response(super().handle_http_exception(error))
             valid_methods = getattr(error, "valid_methods", None)
             if valid_methods:
-                # A 405 must say which methods the resource allows.
+                # A 405 must list the methods the resource allows.
                 response.headers["Allow"] = ", ".join(valid_methods)
             return response
         if self._host_handler is not None:

@@ -13,7 +13,7 @@ from .. import auth
 #: Name of the bearer security scheme in the OpenAPI document.
 SECURITY_SCHEME = "bearerAuth"
 
-#: Longest repr of a rejected value quoted back in an error message.
+#: Maximum length of a rejected value quoted back in an error message.
 MAX_QUOTED_VALUE = 80
 #: Fields whose received values are never quoted in an error message.
 SECRET_FIELDS = frozenset({"credentials"})
@@ -61,10 +61,10 @@ def quote(value):
 class BrokerParser(FlaskParser):
     """webargs parser that explains every rejected body in its error message.
 
-    Compared with the stock parser it rejects a body sent with a non-JSON
-    content type (415) instead of ignoring it, rejects repeated keys in a
-    JSON object (two steps of the same name would otherwise silently
-    merge), and names the offending values in the message.
+    Unlike the stock parser, it rejects a body sent with a non-JSON content
+    type (415) instead of ignoring it. It rejects repeated keys in a JSON
+    object, because two steps of the same name would otherwise silently
+    merge. Its messages name the offending values.
     """
 
     def _raw_load_json(self, req):

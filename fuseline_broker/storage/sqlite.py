@@ -94,7 +94,7 @@ class SQLiteStorage(RuntimeStorage):
         return conn
 
     def _enable_wal(self, conn):
-        """Switch the file to WAL, retrying while another process holds it.
+        """Switch the file to WAL, retrying while another process has it locked.
 
         On a new file the switch needs an exclusive lock, and SQLite reports
         "database is locked" at once instead of waiting out the busy timeout,
@@ -121,9 +121,9 @@ class SQLiteStorage(RuntimeStorage):
     def _fail(self, conn, exc, doing):
         """Roll back, drop the connection and raise StorageUnavailable.
 
-        After a disk-full or I/O error SQLite may leave a connection unusable,
-        so the next request of this thread opens a fresh one; that is what
-        lets the broker recover without a restart once the fault is gone.
+        After a disk-full or I/O error SQLite may leave a connection unusable.
+        The next request of this thread opens a fresh one, so the broker
+        recovers without a restart once the fault is gone.
         """
         with contextlib.suppress(sqlite3.Error):
             if conn.in_transaction:
@@ -184,7 +184,7 @@ class SQLiteStorage(RuntimeStorage):
                 sealed = self._seal_plain_credentials(conn)
             if sealed:
                 # Push the rewritten pages into the main file and empty the WAL,
-                # which still holds the plain text until a checkpoint.
+                # which keeps the plain text until a checkpoint.
                 conn.execute("pragma wal_checkpoint(truncate)")
                 log.info("encrypted the credentials of %d repositories", sealed)
         except StorageUnavailable:
@@ -439,8 +439,8 @@ class SQLiteStorage(RuntimeStorage):
     def _queue_head(self, conn, keys):
         """Return the oldest queue row among the given workflow versions."""
         head = None
-        # One indexed lookup per workflow version beats one query over the
-        # whole queue when other workflows have a long backlog.
+        # One indexed lookup per workflow version: the cost does not grow
+        # with the backlog of workflows this worker does not run.
         for key in keys:
             row = conn.execute(
                 "select seq, workflow_id, version, instance_id, step_name from queue"
@@ -691,7 +691,7 @@ class SQLiteStorage(RuntimeStorage):
         self._advance(conn, key, instance_id, step_name, state, result, now)
 
     def _advance(self, conn, key, instance_id, step_name, state, result, now):
-        """Queue, cancel or skip what follows a finished step; close a done run."""
+        """Queue, cancel or skip what follows a finished step, and close a done run."""
         definition = self._load_definition(conn, key)
         rows = conn.execute(
             "select step_name, state from steps where instance_id = ?", (instance_id,)
