@@ -10,7 +10,7 @@ import os
 bind = os.environ.get("FUSELINE_BROKER_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("FUSELINE_BROKER_WORKERS", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("FUSELINE_BROKER_THREADS", "4"))
+threads = int(os.environ.get("FUSELINE_BROKER_THREADS", "2"))
 # fuseline workers send three requests per step; keeping the connection open
 # saves a TCP handshake on each.
 keepalive = 5

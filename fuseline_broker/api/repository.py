@@ -24,7 +24,7 @@ def mask_credentials(record):
 @bp.route("/repository/register")
 class RepositoryRegister(MethodView):
     @access(bp, auth.ADMIN)
-    @bp.arguments(RepositorySchema)
+    @bp.arguments(RepositorySchema())
     @bp.response(204)
     @bp.alt_response(400, response="BAD_REQUEST")
     @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
@@ -39,7 +39,7 @@ class RepositoryRegister(MethodView):
 @bp.route("/repository")
 class Repositories(MethodView):
     @access(bp, auth.WORKER)
-    @bp.arguments(RepositoryQuerySchema, location="query")
+    @bp.arguments(RepositoryQuerySchema(), location="query")
     @bp.response(
         200,
         {

@@ -33,7 +33,7 @@ class WorkerRegister(MethodView):
 @bp.route("/worker/keep-alive")
 class WorkerKeepAlive(MethodView):
     @access(bp, auth.WORKER)
-    @bp.arguments(WorkerIdQuerySchema, location="query")
+    @bp.arguments(WorkerIdQuerySchema(), location="query")
     @bp.response(204)
     @bp.alt_response(404, response="NOT_FOUND")
     @bp.alt_response(503, response="SERVICE_UNAVAILABLE")

@@ -35,7 +35,7 @@ bp = BrokerBlueprint(
 @bp.route("/workflow/dispatch")
 class Dispatch(MethodView):
     @access(bp, auth.WORKER)
-    @bp.arguments(DispatchSchema)
+    @bp.arguments(DispatchSchema())
     @bp.response(
         200,
         {"type": "string", "description": "The new instance id"},
@@ -56,7 +56,7 @@ class Dispatch(MethodView):
 @bp.route("/workflow/step")
 class Step(MethodView):
     @access(bp, auth.WORKER)
-    @bp.arguments(WorkerIdQuerySchema, location="query")
+    @bp.arguments(WorkerIdQuerySchema(), location="query")
     @bp.response(200, AssignmentSchema)
     @bp.alt_response(204, description="No step is queued for this worker.")
     @bp.alt_response(404, response="NOT_FOUND")
@@ -69,8 +69,8 @@ class Step(MethodView):
         return json_response(assignment.to_wire())
 
     @access(bp, auth.WORKER)
-    @bp.arguments(WorkerIdQuerySchema, location="query")
-    @bp.arguments(ReportSchema)
+    @bp.arguments(WorkerIdQuerySchema(), location="query")
+    @bp.arguments(ReportSchema())
     @bp.response(
         200,
         ReportOutcomeSchema,
@@ -107,7 +107,7 @@ class WorkflowEntries(MethodView):
 @bp.route("/workflow/instances")
 class Instances(MethodView):
     @access(bp, auth.ADMIN)
-    @bp.arguments(InstanceQuerySchema, location="query")
+    @bp.arguments(InstanceQuerySchema(), location="query")
     @bp.response(200, InstanceSummarySchema(many=True))
     @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self, query):

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -24,6 +25,15 @@ from .base import Assignment, Page, ReportOutcome, RuntimeStorage, Settings
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: Seconds between two writes of one worker's last_seen by one process; far
+#: below any useful WORKER_TTL, and it spares most keep-alives a write.
+TOUCH_INTERVAL = 1.0
+
+if sqlite3.sqlite_version_info < (3, 35):
+    raise ImportError(
+        f"SQLiteStorage needs SQLite 3.35 or newer for RETURNING; this Python "
+        f"links SQLite {sqlite3.sqlite_version}"
+    )
 
 
 def _dumps(value):
@@ -59,6 +69,8 @@ class SQLiteStorage(RuntimeStorage):
         # Definitions never change once stored, so each process caches them.
         self._definitions = {}
         self._worker_workflows = {}
+        # When this process last stored each worker's last_seen.
+        self._touched = {}
 
     # Connections and transactions
 
@@ -350,8 +362,7 @@ class SQLiteStorage(RuntimeStorage):
         return worker_id
 
     def touch_worker(self, worker_id):
-        with self._write() as conn:
-            self._touch(conn, worker_id, self.clock())
+        self._touch_if_due(worker_id)
 
     def _touch(self, conn, worker_id, now):
         cursor = conn.execute(
@@ -427,14 +438,51 @@ class SQLiteStorage(RuntimeStorage):
         )
 
     def take_step(self, worker_id):
+        if self._nothing_to_do(worker_id):
+            self._touch_if_due(worker_id)
+            return None
         with self._write() as conn:
             now = self.clock()
             self._touch(conn, worker_id, now)
             self._expire_overdue(conn, now)
             head = self._queue_head(conn, self._workflows_of(conn, worker_id))
-            if head is None:
-                return None
-            return self._assign(conn, head, worker_id, now)
+            assignment = None
+            if head is not None:
+                assignment, attempt = self._assign(conn, head, worker_id, now)
+        self._touched[worker_id] = now
+        if assignment is not None:
+            _log_handout(assignment, worker_id, attempt)
+        return assignment
+
+    def _nothing_to_do(self, worker_id):
+        """Tell, with a read only, that no step is queued or overdue for a worker.
+
+        Idle polls are the most frequent request of an idle fleet. Answering
+        them without the write lock keeps them from queueing behind handouts
+        and reports. A step queued right after this check is seen next poll.
+        """
+        keys = self._worker_workflows.get(worker_id)
+        if keys is None:
+            return False  # Unknown here: the full path checks the worker exists.
+        with self._read() as conn:
+            overdue = conn.execute(
+                "select 1 from steps where state = 'RUNNING' and expires_at < ?"
+                " limit 1",
+                (self.clock(),),
+            ).fetchone()
+            if overdue is not None:
+                return False
+            return self._queue_head(conn, keys) is None
+
+    def _touch_if_due(self, worker_id):
+        """Record a worker's request, at most once per TOUCH_INTERVAL per process."""
+        now = self.clock()
+        if now - self._touched.get(worker_id, -math.inf) < TOUCH_INTERVAL:
+            return
+        with self._write() as conn:
+            now = self.clock()
+            self._touch(conn, worker_id, now)
+        self._touched[worker_id] = now
 
     def _queue_head(self, conn, keys):
         """Return the oldest queue row among the given workflow versions."""
@@ -461,15 +509,11 @@ class SQLiteStorage(RuntimeStorage):
         )
 
         conn.execute("delete from queue where seq = ?", (head["seq"],))
-        conn.execute(
+        attempt = conn.execute(
             "update steps set state = ?, attempts = attempts + 1, worker_id = ?,"
             " assigned_at = ?, expires_at = ?"
-            " where instance_id = ? and step_name = ?",
+            " where instance_id = ? and step_name = ? returning attempts",
             (dag.RUNNING, worker_id, now, expires_at, instance_id, step_name),
-        )
-        attempt = conn.execute(
-            "select attempts from steps where instance_id = ? and step_name = ?",
-            (instance_id, step_name),
         ).fetchone()[0]
         conn.execute(
             "insert into assignments (instance_id, step_name, attempt, worker_id,"
@@ -478,22 +522,10 @@ class SQLiteStorage(RuntimeStorage):
         )
 
         payload = self._payload(conn, instance_id, step)
-        log.info(
-            "handout workflow=%s@%s instance=%s step=%s worker=%s attempt=%d",
-            *key,
-            instance_id,
-            step_name,
-            worker_id,
-            attempt,
-            extra={
-                "action": "handout",
-                "workflow_id": key[0],
-                "instance_id": instance_id,
-                "step_name": step_name,
-                "worker_id": worker_id,
-            },
+        assignment = Assignment(
+            key[0], instance_id, step_name, payload, now, expires_at
         )
-        return Assignment(key[0], instance_id, step_name, payload, now, expires_at)
+        return assignment, attempt
 
     def _payload(self, conn, instance_id, step):
         inputs = conn.execute(
@@ -601,21 +633,23 @@ class SQLiteStorage(RuntimeStorage):
                 raise NotFound(f"instance {instance_id!r} has no step {step_name!r}")
 
             refusal = self._stale_report_reason(conn, step, worker_id, report)
-            if refusal is not None:
-                log.warning(
-                    "stale report ignored: workflow=%s instance=%s step=%s worker=%s"
-                    " reason=%s",
-                    report["workflow_id"],
-                    instance_id,
-                    step_name,
-                    worker_id,
-                    refusal,
-                    extra={**extra, "action": "stale_report"},
-                )
-                return ReportOutcome(False, refusal)
+            if refusal is None:
+                key = (instance["workflow_id"], instance["version"])
+                self._apply_report(conn, key, worker_id, report, now)
+        self._touched[worker_id] = now
 
-            key = (instance["workflow_id"], instance["version"])
-            self._apply_report(conn, key, worker_id, report, now)
+        if refusal is not None:
+            log.warning(
+                "stale report ignored: workflow=%s instance=%s step=%s worker=%s"
+                " reason=%s",
+                report["workflow_id"],
+                instance_id,
+                step_name,
+                worker_id,
+                refusal,
+                extra={**extra, "action": "stale_report"},
+            )
+            return ReportOutcome(False, refusal)
         log.info(
             "report workflow=%s instance=%s step=%s worker=%s state=%s",
             report["workflow_id"],
@@ -811,6 +845,24 @@ class SQLiteStorage(RuntimeStorage):
                 extra={"action": "purge"},
             )
         return len(ids)
+
+
+def _log_handout(assignment, worker_id, attempt):
+    log.info(
+        "handout workflow=%s instance=%s step=%s worker=%s attempt=%d",
+        assignment.workflow_id,
+        assignment.instance_id,
+        assignment.step_name,
+        worker_id,
+        attempt,
+        extra={
+            "action": "handout",
+            "workflow_id": assignment.workflow_id,
+            "instance_id": assignment.instance_id,
+            "step_name": assignment.step_name,
+            "worker_id": worker_id,
+        },
+    )
 
 
 def _instance_summary(row):
