@@ -23,13 +23,9 @@ def mask_credentials(record):
 
 @bp.route("/repository/register")
 class RepositoryRegister(MethodView):
-    @access(bp, auth.ADMIN)
+    @access(bp, auth.ADMIN, errors=(400, 413, 415, 503))
     @bp.arguments(RepositorySchema())
     @bp.response(204)
-    @bp.alt_response(400, response="BAD_REQUEST")
-    @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    @bp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, record):
         """Store a repository, replacing any record of the same name"""
         storage().save_repository(record)
@@ -38,7 +34,7 @@ class RepositoryRegister(MethodView):
 
 @bp.route("/repository")
 class Repositories(MethodView):
-    @access(bp, auth.WORKER)
+    @access(bp, auth.WORKER, errors=(404, 503))
     @bp.arguments(RepositoryQuerySchema(), location="query")
     @bp.response(
         200,
@@ -56,8 +52,6 @@ class Repositories(MethodView):
             "of repositories ordered by name, credential values masked."
         ),
     )
-    @bp.alt_response(404, response="NOT_FOUND")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self, query):
         """Read one repository by name, or list a page of them"""
         if "name" in query:

@@ -13,18 +13,13 @@ bp = BrokerBlueprint(
 
 @bp.route("/worker/register")
 class WorkerRegister(MethodView):
-    @access(bp, auth.WORKER)
+    @access(bp, auth.WORKER, errors=(400, 409, 413, 415, 503))
     @bp.arguments(WorkflowSchema(many=True))
     @bp.response(
         200,
         {"type": "string", "description": "The new worker id"},
         description="The new worker id, as a bare JSON string.",
     )
-    @bp.alt_response(400, response="BAD_REQUEST")
-    @bp.alt_response(409, response="CONFLICT")
-    @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    @bp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, definitions):
         """Register a worker and the workflow versions it can run"""
         return json_response(storage().register_worker(definitions))
@@ -32,11 +27,9 @@ class WorkerRegister(MethodView):
 
 @bp.route("/worker/keep-alive")
 class WorkerKeepAlive(MethodView):
-    @access(bp, auth.WORKER)
+    @access(bp, auth.WORKER, errors=(404, 503))
     @bp.arguments(WorkerIdQuerySchema(), location="query")
     @bp.response(204)
-    @bp.alt_response(404, response="NOT_FOUND")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, query):
         """Record that a worker is alive; the body is ignored"""
         storage().touch_worker(query["worker_id"])
@@ -45,9 +38,8 @@ class WorkerKeepAlive(MethodView):
 
 @bp.route("/workers")
 class Workers(MethodView):
-    @access(bp, auth.ADMIN)
+    @access(bp, auth.ADMIN, errors=(503,))
     @bp.response(200, WorkerSchema(many=True))
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self):
         """List the workers seen within the worker TTL"""
         return json_response(storage().list_workers())

@@ -34,18 +34,13 @@ bp = BrokerBlueprint(
 
 @bp.route("/workflow/dispatch")
 class Dispatch(MethodView):
-    @access(bp, auth.WORKER)
+    @access(bp, auth.WORKER, errors=(400, 409, 413, 415, 503))
     @bp.arguments(DispatchSchema())
     @bp.response(
         200,
         {"type": "string", "description": "The new instance id"},
         description="The new instance id, as a bare JSON string.",
     )
-    @bp.alt_response(400, response="BAD_REQUEST")
-    @bp.alt_response(409, response="CONFLICT")
-    @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    @bp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, request):
         """Store a workflow definition and start a run of it"""
         instance_id = storage().dispatch(request["workflow"], request["inputs"])
@@ -55,12 +50,10 @@ class Dispatch(MethodView):
 
 @bp.route("/workflow/step")
 class Step(MethodView):
-    @access(bp, auth.WORKER)
+    @access(bp, auth.WORKER, errors=(404, 503))
     @bp.arguments(WorkerIdQuerySchema(), location="query")
     @bp.response(200, AssignmentSchema)
     @bp.alt_response(204, description="No step is queued for this worker.")
-    @bp.alt_response(404, response="NOT_FOUND")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self, query):
         """Take the oldest queued step of a workflow this worker registered"""
         assignment = storage().take_step(query["worker_id"])
@@ -68,7 +61,7 @@ class Step(MethodView):
             return no_content()
         return json_response(assignment.to_wire())
 
-    @access(bp, auth.WORKER)
+    @access(bp, auth.WORKER, errors=(400, 404, 409, 413, 415, 503))
     @bp.arguments(WorkerIdQuerySchema(), location="query")
     @bp.arguments(ReportSchema())
     @bp.response(
@@ -79,12 +72,6 @@ class Step(MethodView):
             "handed to another worker) or was already applied; nothing changed."
         ),
     )
-    @bp.alt_response(400, response="BAD_REQUEST")
-    @bp.alt_response(404, response="NOT_FOUND")
-    @bp.alt_response(409, response="CONFLICT")
-    @bp.alt_response(413, response="REQUEST_ENTITY_TOO_LARGE")
-    @bp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def post(self, query, report):
         """Report the outcome of a step this worker holds"""
         outcome = storage().report_step(query["worker_id"], report)
@@ -96,9 +83,8 @@ class Step(MethodView):
 
 @bp.route("/workflows")
 class WorkflowEntries(MethodView):
-    @access(bp, auth.ADMIN)
+    @access(bp, auth.ADMIN, errors=(503,))
     @bp.response(200, WorkflowEntrySchema(many=True))
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self):
         """List the workflow entry points of every registered repository"""
         return json_response(storage().list_workflow_entries())
@@ -106,10 +92,9 @@ class WorkflowEntries(MethodView):
 
 @bp.route("/workflow/instances")
 class Instances(MethodView):
-    @access(bp, auth.ADMIN)
+    @access(bp, auth.ADMIN, errors=(503,))
     @bp.arguments(InstanceQuerySchema(), location="query")
     @bp.response(200, InstanceSummarySchema(many=True))
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self, query):
         """List instances, newest first"""
         size = query["page_size"]
@@ -126,10 +111,8 @@ class Instances(MethodView):
 
 @bp.route("/workflow/instances/<string:instance_id>")
 class InstanceById(MethodView):
-    @access(bp, auth.ADMIN)
+    @access(bp, auth.ADMIN, errors=(404, 503))
     @bp.response(200, InstanceSchema)
-    @bp.alt_response(404, response="NOT_FOUND")
-    @bp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self, instance_id):
         """Show an instance with the state, times and result of every step"""
         return json_response(storage().get_instance(instance_id))

@@ -364,6 +364,18 @@ class SQLiteStorage(RuntimeStorage):
     def touch_worker(self, worker_id):
         self._touch_if_due(worker_id)
 
+    def _touch_unless_recent(self, conn, worker_id, now):
+        """Store last_seen unless this process did so within TOUCH_INTERVAL.
+
+        A worker in ``_touched`` is known to exist, because workers are never
+        deleted. Returns whether last_seen was written.
+        """
+        last = self._touched.get(worker_id)
+        if last is not None and now - last < TOUCH_INTERVAL:
+            return False
+        self._touch(conn, worker_id, now)
+        return True
+
     def _touch(self, conn, worker_id, now):
         cursor = conn.execute(
             "update workers set last_seen = ? where worker_id = ?", (now, worker_id)
@@ -443,13 +455,14 @@ class SQLiteStorage(RuntimeStorage):
             return None
         with self._write() as conn:
             now = self.clock()
-            self._touch(conn, worker_id, now)
+            touched = self._touch_unless_recent(conn, worker_id, now)
             self._expire_overdue(conn, now)
             head = self._queue_head(conn, self._workflows_of(conn, worker_id))
             assignment = None
             if head is not None:
                 assignment, attempt = self._assign(conn, head, worker_id, now)
-        self._touched[worker_id] = now
+        if touched:
+            self._touched[worker_id] = now
         if assignment is not None:
             _log_handout(assignment, worker_id, attempt)
         return assignment
@@ -464,15 +477,23 @@ class SQLiteStorage(RuntimeStorage):
         keys = self._worker_workflows.get(worker_id)
         if keys is None:
             return False  # Unknown here: the full path checks the worker exists.
-        with self._read() as conn:
-            overdue = conn.execute(
-                "select 1 from steps where state = 'RUNNING' and expires_at < ?"
-                " limit 1",
-                (self.clock(),),
-            ).fetchone()
-            if overdue is not None:
-                return False
-            return self._queue_head(conn, keys) is None
+        queued = " or ".join(
+            ["exists (select 1 from queue where workflow_id = ? and version = ?)"]
+            * len(keys)
+        )
+        query = (
+            "select exists (select 1 from steps"
+            " where state = 'RUNNING' and expires_at < ?)"
+            + (f" or {queued}" if keys else "")
+        )
+        params = [self.clock()] + [part for key in keys for part in key]
+        # One statement in autocommit mode reads one consistent snapshot.
+        conn = self._connection()
+        try:
+            found = conn.execute(query, params).fetchone()[0]
+        except sqlite3.Error as exc:
+            self._fail(conn, exc, "read")
+        return not found
 
     def _touch_if_due(self, worker_id):
         """Record a worker's request, at most once per TOUCH_INTERVAL per process."""
@@ -531,15 +552,17 @@ class SQLiteStorage(RuntimeStorage):
         inputs = conn.execute(
             "select inputs from instances where instance_id = ?", (instance_id,)
         ).fetchone()["inputs"]
-        states, results = {}, {}
-        for name in step["predecessors"]:
-            row = conn.execute(
-                "select state, result from steps"
-                " where instance_id = ? and step_name = ?",
-                (instance_id, name),
-            ).fetchone()
-            states[name] = row["state"]
-            results[name] = json.loads(row["result"]) if row["result"] else None
+        names = step["predecessors"]
+        rows = conn.execute(
+            "select step_name, state, result from steps where instance_id = ?"
+            f" and step_name in ({', '.join('?' * len(names))})",
+            (instance_id, *names),
+        ).fetchall()
+        states = {row["step_name"]: row["state"] for row in rows}
+        results = {
+            row["step_name"]: json.loads(row["result"]) if row["result"] else None
+            for row in rows
+        }
         return {
             "workflow_inputs": json.loads(inputs) or {},
             "results": dag.predecessor_results(step, states, results),
@@ -615,28 +638,22 @@ class SQLiteStorage(RuntimeStorage):
         }
         with self._write() as conn:
             now = self.clock()
-            self._touch(conn, worker_id, now)
-            instance = conn.execute(
-                "select workflow_id, version from instances where instance_id = ?",
-                (instance_id,),
-            ).fetchone()
-            if instance is None or instance["workflow_id"] != report["workflow_id"]:
-                raise NotFound(
-                    f"workflow {report['workflow_id']!r} has no instance "
-                    f"{instance_id!r}"
-                )
+            touched = self._touch_unless_recent(conn, worker_id, now)
             step = conn.execute(
-                "select * from steps where instance_id = ? and step_name = ?",
+                "select steps.*, instances.workflow_id, instances.version"
+                " from steps join instances using (instance_id)"
+                " where instance_id = ? and step_name = ?",
                 (instance_id, step_name),
             ).fetchone()
-            if step is None:
-                raise NotFound(f"instance {instance_id!r} has no step {step_name!r}")
+            if step is None or step["workflow_id"] != report["workflow_id"]:
+                self._raise_unknown_step(conn, report)
 
             refusal = self._stale_report_reason(conn, step, worker_id, report)
             if refusal is None:
-                key = (instance["workflow_id"], instance["version"])
-                self._apply_report(conn, key, worker_id, report, now)
-        self._touched[worker_id] = now
+                key = (step["workflow_id"], step["version"])
+                self._apply_report(conn, key, worker_id, report, now, step["state"])
+        if touched:
+            self._touched[worker_id] = now
 
         if refusal is not None:
             log.warning(
@@ -660,6 +677,21 @@ class SQLiteStorage(RuntimeStorage):
             extra=extra,
         )
         return ReportOutcome(True)
+
+    def _raise_unknown_step(self, conn, report):
+        """Raise NotFound naming the unknown instance or step of a report."""
+        instance = conn.execute(
+            "select workflow_id from instances where instance_id = ?",
+            (report["instance_id"],),
+        ).fetchone()
+        if instance is None or instance["workflow_id"] != report["workflow_id"]:
+            raise NotFound(
+                f"workflow {report['workflow_id']!r} has no instance "
+                f"{report['instance_id']!r}"
+            )
+        raise NotFound(
+            f"instance {report['instance_id']!r} has no step {report['step_name']!r}"
+        )
 
     def _stale_report_reason(self, conn, step, worker_id, report):
         """Return why a report must be ignored, or None to apply it.
@@ -699,7 +731,7 @@ class SQLiteStorage(RuntimeStorage):
             f"of instance {step['instance_id']!r}"
         )
 
-    def _apply_report(self, conn, key, worker_id, report, now):
+    def _apply_report(self, conn, key, worker_id, report, now, previous_state):
         instance_id, step_name = report["instance_id"], report["step_name"]
         state, result = report["state"], report["result"]
         conn.execute(
@@ -707,11 +739,13 @@ class SQLiteStorage(RuntimeStorage):
             " where instance_id = ? and step_name = ?",
             (state, _dumps(result), now, instance_id, step_name),
         )
-        # A late report of a step queued again after its deadline withdraws it.
-        conn.execute(
-            "delete from queue where instance_id = ? and step_name = ?",
-            (instance_id, step_name),
-        )
+        if previous_state == dag.QUEUED:
+            # A late report of a step queued again after its deadline
+            # withdraws it from the queue.
+            conn.execute(
+                "delete from queue where instance_id = ? and step_name = ?",
+                (instance_id, step_name),
+            )
         last_task = {
             "workflow_id": key[0],
             "instance_id": instance_id,
