@@ -46,6 +46,8 @@ create index if not exists instances_by_created on instances (created_at);
 create index if not exists instances_by_workflow
     on instances (workflow_id, created_at);
 create index if not exists instances_by_state on instances (state, created_at);
+create index if not exists instances_by_workflow_state
+    on instances (workflow_id, state, created_at);
 create index if not exists instances_by_finished
     on instances (finished_at) where finished_at is not null;
 

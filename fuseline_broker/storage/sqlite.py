@@ -553,11 +553,13 @@ class SQLiteStorage(RuntimeStorage):
             "select inputs from instances where instance_id = ?", (instance_id,)
         ).fetchone()["inputs"]
         names = step["predecessors"]
-        rows = conn.execute(
-            "select step_name, state, result from steps where instance_id = ?"
-            f" and step_name in ({', '.join('?' * len(names))})",
-            (instance_id, *names),
-        ).fetchall()
+        rows = []
+        if names:
+            rows = conn.execute(
+                "select step_name, state, result from steps where instance_id = ?"
+                f" and step_name in ({', '.join('?' * len(names))})",
+                (instance_id, *names),
+            ).fetchall()
         states = {row["step_name"]: row["state"] for row in rows}
         results = {
             row["step_name"]: json.loads(row["result"]) if row["result"] else None
