@@ -31,8 +31,8 @@ class SecretMaskingFilter(logging.Filter):
 class RepeatFilter(logging.Filter):
     """Let one of a run of identical warnings through per ``window`` seconds.
 
-    The next line let through after a quiet spell says how many copies were
-    dropped. Lines below WARNING always pass.
+    The next line let through after a quiet spell reports how many copies
+    were dropped. Lines below WARNING always pass.
     """
 
     MAX_TRACKED = 1000
@@ -76,8 +76,8 @@ def package_loggers():
 def install_filters(secrets):
     """Attach the masking and repeat filters to the package's and gunicorn's loggers.
 
-    A filter on a logger sees only the records logged on that logger itself,
-    so each module's logger gets its own.
+    A filter on a logger applies only to records logged on that logger
+    itself, so each module's logger gets its own.
     """
     masking = SecretMaskingFilter(secrets)
     repeats = RepeatFilter()

@@ -73,7 +73,7 @@ class Step(MethodView):
         ),
     )
     def post(self, query, report):
-        """Report the outcome of a step this worker holds"""
+        """Report the outcome of a step assigned to this worker"""
         outcome = storage().report_step(query["worker_id"], report)
         body = {"applied": outcome.applied}
         if outcome.reason is not None:

@@ -470,7 +470,7 @@ class SQLiteStorage(RuntimeStorage):
     def _nothing_to_do(self, worker_id):
         """Tell, with a read only, that no step is queued or overdue for a worker.
 
-        Idle polls are the most frequent request of an idle fleet. Answering
+        Idle polls are the most frequent request of an idle fleet. Serving
         them without the write lock keeps them from queueing behind handouts
         and reports. A step queued right after this check is seen next poll.
         """
