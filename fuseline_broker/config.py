@@ -210,6 +210,7 @@ OPTIONS = (
 OPTIONS_BY_KEY = {option.key: option for option in OPTIONS}
 SYNCHRONOUS_VALUES = ("OFF", "NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_TOKEN_LENGTH = 16
 
 
 def load_environment(config, environ=None):
@@ -239,4 +240,12 @@ def resolve(config):
             f"{PREFIX}LOG_LEVEL must be one of {LOG_LEVELS}, got {level!r}"
         )
     values["LOG_LEVEL"] = level
+    for name in ("ADMIN_TOKENS", "WORKER_TOKENS"):
+        if any(len(token) < MIN_TOKEN_LENGTH for token in values[name]):
+            # Short tokens are guessable, and log masking would also blank out
+            # every word that contains one.
+            raise ValueError(
+                f"{PREFIX}{name}: every token must have at least "
+                f"{MIN_TOKEN_LENGTH} characters"
+            )
     return values

@@ -289,6 +289,8 @@ def _cli_group():
     def show_settings():
         """Print every broker setting with its current value; secrets masked."""
         values = config.resolve(flask.current_app.config)
+        storage = flask.current_app.extensions["fuseline_broker"].storage
+        values["DATABASE"] = getattr(storage, "path", values["DATABASE"])
         for option in config.OPTIONS:
             value = values[option.name]
             if option.secret and value:

@@ -180,3 +180,19 @@ def test_settings_command_masks_secrets(tmp_path):
     output = app.test_cli_runner().invoke(args=["broker", "settings"]).output
     assert "FUSELINE_BROKER_ADMIN_TOKENS" in output
     assert "very-secret-token" not in output
+
+
+def test_short_token_rejected(tmp_path):
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        create_app(
+            {
+                "FUSELINE_BROKER_DATABASE": str(tmp_path / "b.db"),
+                "FUSELINE_BROKER_WORKER_TOKENS": "abc",
+            }
+        )
+
+
+def test_settings_command_shows_database_in_use(app):
+    output = app.test_cli_runner().invoke(args=["broker", "settings"]).output
+    assert "FUSELINE_BROKER_DATABASE = " in output
+    assert "broker.db" in output

@@ -1,0 +1,1 @@
+"""The broker's HTTP API: one flask-smorest blueprint per resource."""
