@@ -5,8 +5,13 @@ import time
 
 #: Seconds between two lazy purges in one process.
 LAZY_INTERVAL = 10.0
-#: Instances deleted per transaction by the purge command.
-COMMAND_BATCH = 500
+#: Instances deleted per transaction by the purge command, and the pause
+#: between two transactions. Without the pause, handouts and reports waiting
+#: in SQLite's busy handler rarely got the lock between batches: in one
+#: benchmark run, 50-instance batches with a 20 ms pause kept 0.94 of the
+#: step rate, against 0.40 without a pause and 0.23 with 500-instance batches.
+COMMAND_BATCH = 50
+COMMAND_PAUSE = 0.02
 
 
 class Retention:
@@ -44,3 +49,4 @@ class Retention:
             total += deleted
             if deleted < COMMAND_BATCH:
                 return total
+            time.sleep(COMMAND_PAUSE)
