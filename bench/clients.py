@@ -43,18 +43,25 @@ class Target:
 
 @dataclass
 class Stats:
-    """Latencies in seconds per request kind, and counts of error replies."""
+    """Latencies in seconds per request kind, and counts of error replies.
+
+    ``sent_at`` holds, per kind and in the same order as ``latencies``, the
+    time.monotonic() at which each request was sent. That clock is shared by
+    every process of the machine, so the times of several clients compare.
+    """
 
     latencies: dict = field(default_factory=dict)
+    sent_at: dict = field(default_factory=dict)
     status_5xx: int = 0
     status_other_non_2xx: int = 0
     database_locked_errors: int = 0
     reconnects: int = 0
     error_samples: list = field(default_factory=list)
 
-    def record(self, kind, seconds, status, body):
+    def record(self, kind, seconds, status, body, sent_at=None):
         """Add one reply."""
         self.latencies.setdefault(kind, []).append(seconds)
+        self.sent_at.setdefault(kind, []).append(sent_at)
         failed = not 200 <= status < 300
         if status >= 500:
             self.status_5xx += 1
@@ -69,6 +76,7 @@ class Stats:
         """Return the stats as plain data that pickles cheaply."""
         return {
             "latencies": self.latencies,
+            "sent_at": self.sent_at,
             "status_5xx": self.status_5xx,
             "status_other_non_2xx": self.status_other_non_2xx,
             "database_locked_errors": self.database_locked_errors,
@@ -108,6 +116,7 @@ class TimedConnection:
         headers = {"Content-Type": content_type} if content_type else {}
         url = self.target.prefix + path
         for attempt in (1, 2):
+            sent_at = time.monotonic()
             started = time.perf_counter()
             try:
                 self.conn.request(method, url, body=body, headers=headers)
@@ -121,7 +130,7 @@ class TimedConnection:
                 self.stats.reconnects += 1
                 continue
             self.stats.record(
-                kind, time.perf_counter() - started, response.status, data
+                kind, time.perf_counter() - started, response.status, data, sent_at
             )
             return Reply(response.status, response.headers, data)
         raise AssertionError("unreachable")
@@ -378,6 +387,7 @@ def merge_stats(results):
         stats = result["stats"]
         for kind, values in stats["latencies"].items():
             merged.latencies.setdefault(kind, []).extend(values)
+            merged.sent_at.setdefault(kind, []).extend(stats["sent_at"][kind])
         merged.status_5xx += stats["status_5xx"]
         merged.status_other_non_2xx += stats["status_other_non_2xx"]
         merged.database_locked_errors += stats["database_locked_errors"]

@@ -32,6 +32,8 @@ class Cycle:
     steps: int = 0
     expected_steps: int = 0
     step_seconds: float = 0.0
+    #: Monotonic time (time.monotonic()) at which the step phase's barrier opened.
+    step_started_at: float | None = None
     step_requests: int = 0
     handed_out_twice: int = 0
     stale_reports: int = 0
@@ -78,6 +80,7 @@ def run_steps(target, workflow, workers, running_floor, timeout):
     handouts = Counter(tuple(h) for r in results for h in r["handouts"])
     return {
         "results": results,
+        "started": started,
         "seconds": (max(reported) - started) if reported else 0.0,
         "handouts": sum(handouts.values()),
         "handed_out_twice": sum(n - 1 for n in handouts.values() if n > 1),
@@ -98,11 +101,12 @@ def check_runs(target, instance_ids, processes, timeout):
     return {key: sum(r[key] for r in results) for key in CHECK_COUNTS}, results
 
 
-def measure_cycle(target, workflow, args, cpu_clock=None):
+def measure_cycle(target, workflow, args, cpu_clock=None, before_steps=None):
     """Dispatch, run and check ``args.instances`` runs of ``workflow``.
 
     ``cpu_clock`` returns the server's CPU seconds so far, when the
-    benchmark started the server and can read them.
+    benchmark started the server and can read them. ``before_steps``, if
+    given, is called between the dispatch phase and the step phase.
     """
     # A pre-filled backlog stays RUNNING, so the workers stop at that count.
     running_floor = count_running(target)
@@ -111,6 +115,8 @@ def measure_cycle(target, workflow, args, cpu_clock=None):
     dispatched = dispatch_runs(
         target, workflow, args.instances, args.dispatch_clients, args.timeout
     )
+    if before_steps is not None:
+        before_steps()
     cpu_at_dispatched = _read(cpu_clock)
     steps = run_steps(target, workflow, args.workers, running_floor, args.timeout)
     cpu_at_stepped = _read(cpu_clock)
@@ -125,6 +131,7 @@ def measure_cycle(target, workflow, args, cpu_clock=None):
         steps=steps["handouts"],
         expected_steps=len(ids) * len(workflow["steps"]),
         step_seconds=steps["seconds"],
+        step_started_at=steps["started"],
         step_requests=measured_requests(step_stats),
         handed_out_twice=steps["handed_out_twice"],
         stale_reports=steps["stale_reports"],
@@ -201,6 +208,46 @@ def cycle_rates(cycle):
         "get_step_p99_ms": get_step["p99_ms"] if get_step else None,
         "server_cpu_ms_per_step": _cpu_ms_per([cycle.step_cpu_seconds], cycle.steps),
     }
+
+
+def window_rates(cycle, start, end):
+    """Return the step rate and latencies of the requests sent in ``[start, end)``.
+
+    Times are time.monotonic() seconds. Steps are counted by their reports,
+    so a report sent again after a 5xx reply counts twice.
+    """
+
+    def sent_in_window(kind):
+        pairs = zip(
+            cycle.stats.sent_at.get(kind, []),
+            cycle.stats.latencies.get(kind, []),
+            strict=True,
+        )
+        return [latency for sent, latency in pairs if start <= sent < end]
+
+    get_step, report = sent_in_window("get_step"), sent_in_window("report")
+    return {
+        "seconds": round(end - start, 2),
+        "steps_per_second": _rate(len(report), end - start),
+        "get_step_p99_ms": _p99_ms(get_step),
+        "report_p99_ms": _p99_ms(report),
+        "keep_alive_p99_ms": _p99_ms(sent_in_window("keep_alive")),
+    }
+
+
+def _p99_ms(latencies):
+    if not latencies:
+        return None
+    return round(clients.percentile(latencies, 99) * 1000, 2)
+
+
+def ratios(before, after):
+    """Return ``after / before`` for each key, or None where either is missing."""
+    result = {}
+    for key in before:
+        known = before[key] and after[key] is not None
+        result[key] = round(after[key] / before[key], 3) if known else None
+    return result
 
 
 def _rate(count, seconds):

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import clients
 import cycle
 import history
+import purge
 from servers import REPO_ROOT, GunicornServer, MemorySampler, gunicorn_settings
 from shapes import SHAPES, build_workflow, renamed_workflow
 
@@ -48,6 +49,12 @@ def parse_args(argv):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history_steps < 0 or args.history_queued < 0:
         parser.error("--history-steps and --history-queued must not be negative")
+    if args.purge_during and (args.url or args.history_steps < 1):
+        parser.error(
+            "--purge-during needs --history-steps of at least 1 and no --url, "
+            "because it runs the purge command on the SQLite file of a broker "
+            "that the benchmark started"
+        )
     if args.url:
         try:
             loopback_target(args.url)
@@ -114,6 +121,14 @@ def _add_history_options(parser):
         default=0,
         help="queued runs of a workflow that no benchmark worker registered, "
         "pre-filled with the history",
+    )
+    parser.add_argument(
+        "--purge-during",
+        action="store_true",
+        help="after the rounds, measure one more cycle on the broker with history, "
+        "then one while 'flask --app wsgi broker purge --older-than 0' deletes "
+        "every instance finished before its step phase, and print their ratios "
+        "(needs --history-steps)",
     )
 
 
@@ -275,7 +290,7 @@ def run_round(number, broker, reference, baseline, workflow, args):
     if reference is not None:
         reference_rates = cycle.cycle_rates(reference.cycles[-1])
         record["without_history"] = reference_rates
-        record["history_ratios"] = history_ratios(reference_rates, broker_rates)
+        record["history_ratios"] = cycle.ratios(reference_rates, broker_rates)
     return record
 
 
@@ -304,15 +319,6 @@ def ceilings(rates, baseline):
     if cpu_per_request and cpu_per_step:
         result["cpu_ceiling_ratio"] = round(cpu_per_request * 3 / cpu_per_step, 3)
     return result
-
-
-def history_ratios(before, after):
-    """Return history/no-history ratios of throughput, latency and server CPU."""
-    ratios = {}
-    for key in before:
-        known = before[key] and after[key] is not None
-        ratios[key] = round(after[key] / before[key], 3) if known else None
-    return ratios
 
 
 def median_of(records, *keys):
@@ -372,6 +378,9 @@ def run_benchmark(args, workflow, work_dir):
             run_round(number, broker, reference, baseline, workflow, args)
             for number in range(args.rounds)
         ]
+        purged = None
+        if args.purge_during:
+            purged = purge.measure_purge_round(broker, workflow, args, work_dir)
     except BaseException:
         for server in servers:
             log.error("tail of %s:\n%s", server.gunicorn.log_path, server.log_tail())
@@ -379,7 +388,10 @@ def run_benchmark(args, workflow, work_dir):
     finally:
         for server in servers:
             server.stop()
-    return compose_output(broker, reference, baseline, rounds, filled)
+    output = compose_output(broker, reference, baseline, rounds, filled)
+    if purged is not None:
+        output["purge_during"] = purged
+    return output
 
 
 def compose_output(broker, reference, baseline, rounds, filled):
