@@ -14,7 +14,7 @@ STEP_TIMEOUT = 100.0
 
 
 class FakeClock:
-    """A clock that moves only when a test says so."""
+    """A clock that moves only when a test advances it."""
 
     def __init__(self, now=1_000_000.0):
         self.now = now

@@ -52,7 +52,7 @@ create index if not exists instances_by_finished
     on instances (finished_at) where finished_at is not null;
 
 -- state is one of dag.py's step states. worker_id is the holder of the
--- latest assignment; it stays set after that assignment expires so that a
+-- latest assignment. It stays set after that assignment expires, so that a
 -- late report from the holder can still be applied. timed_out is 1 when the
 -- broker, not a worker, failed the step.
 create table if not exists steps (
@@ -83,8 +83,8 @@ create table if not exists queue (
 create index if not exists queue_by_workflow on queue (workflow_id, version, seq);
 create unique index if not exists queue_by_step on queue (instance_id, step_name);
 
--- Every handout of every step, kept so that a report from an earlier holder
--- is told apart from a report by a worker that never held the step.
+-- Every handout of every step, kept to distinguish a report from an earlier
+-- holder from a report by a worker that never held the step.
 create table if not exists assignments (
     instance_id text not null,
     step_name text not null,
