@@ -9,7 +9,8 @@ LAZY_INTERVAL = 10.0
 #: between two transactions. Without a pause, handouts and reports waiting in
 #: SQLite's busy handler rarely got the lock between batches. In the benchmark
 #: the step rate during a purge rose from 0.23 (500 per batch, no pause) to
-#: 0.76 (this setting) of the rate without a purge; see docs/benchmarks.md.
+#: 0.76 (this setting) of the rate without a purge. docs/benchmarks.md has
+#: the runs.
 COMMAND_BATCH = 50
 COMMAND_PAUSE = 0.02
 

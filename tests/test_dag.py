@@ -6,7 +6,7 @@ import pytest
 
 from fuseline_broker import dag
 
-from .conftest import load_workflow
+from .conftest import FIXTURE_NAMES, load_workflow
 
 
 def make_workflow(edges, or_groups=None):
@@ -37,17 +37,7 @@ def make_workflow(edges, or_groups=None):
     }
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "diamond_and_join",
-        "conditional_skip",
-        "or_join",
-        "branching_actions",
-        "policies_retry_timeout",
-        "chain_five",
-    ],
-)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_fixtures_are_valid(name):
     assert dag.validate_definition(load_workflow(name)) is None
 

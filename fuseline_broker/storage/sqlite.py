@@ -137,9 +137,7 @@ class SQLiteStorage(RuntimeStorage):
         The next request of this thread opens a fresh one, so the broker
         recovers without a restart once the fault is gone.
         """
-        with contextlib.suppress(sqlite3.Error):
-            if conn.in_transaction:
-                conn.execute("rollback")
+        _rollback(conn)
         self.close()
         raise StorageUnavailable(f"database {doing} failed: {exc}") from exc
 
@@ -157,9 +155,7 @@ class SQLiteStorage(RuntimeStorage):
         except sqlite3.Error as exc:
             self._fail(conn, exc, "write")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("rollback")
+            _rollback(conn)
             raise
 
     @contextlib.contextmanager
@@ -173,9 +169,7 @@ class SQLiteStorage(RuntimeStorage):
         except sqlite3.Error as exc:
             self._fail(conn, exc, "read")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("rollback")
+            _rollback(conn)
             raise
 
     def initialize(self):
@@ -496,7 +490,7 @@ class SQLiteStorage(RuntimeStorage):
         return not found
 
     def _touch_if_due(self, worker_id):
-        """Record a worker's request, at most once per TOUCH_INTERVAL per process."""
+        """Store last_seen unless this process stored it within TOUCH_INTERVAL."""
         now = self.clock()
         if now - self._touched.get(worker_id, -math.inf) < TOUCH_INTERVAL:
             return
@@ -881,6 +875,13 @@ class SQLiteStorage(RuntimeStorage):
                 extra={"action": "purge"},
             )
         return len(ids)
+
+
+def _rollback(conn):
+    """Roll back an open transaction, ignoring a connection too broken to do it."""
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("rollback")
 
 
 def _log_handout(assignment, worker_id, attempt):

@@ -51,7 +51,7 @@ class BrokerServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout=30.0):
-        """Start gunicorn and wait until ``GET /status`` answers."""
+        """Start gunicorn and wait until it serves HTTP requests."""
         self.port = self.port or free_port()
         env = {
             **os.environ,

@@ -62,8 +62,8 @@ def test_sigkill_mid_run_then_restart(start_broker):
     assert [r["errors"] for r in reports] == [[]] * WORKERS
     applied = Counter(key for r in reports for key in r["applied"])
     assert set(applied.values()) == {1}
-    # A report stored just before the kill may have lost its reply; the
-    # worker's retry is then told it was already applied, never applied twice.
+    # A report stored just before the kill may have lost its reply. The
+    # worker's retry then gets "already applied" and is never applied twice.
     retried = {
         key for r in reports for key, reason in r["stale"] if "already" in reason
     }
