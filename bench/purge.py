@@ -2,9 +2,12 @@
 
 ``flask --app wsgi broker purge --older-than 0`` deletes every instance that
 finished before the command started, in small transactions
-(``COMMAND_BATCH`` in ``fuseline_broker/retention.py``). After each commit it
-logs one line with a millisecond timestamp. The gap between two such lines is
-how long one transaction took, the wait for SQLite's write lock included.
+(``COMMAND_BATCH`` in ``fuseline_broker/retention.py``), and sleeps between
+them so that it spends at most ``--share`` of its time deleting. After each
+commit it logs one line with a millisecond timestamp. On the copy the
+benchmark runs it with ``--share 1``, which leaves only the shortest pause
+(``COMMAND_PAUSE``) between commits, so a gap there is one transaction, plus
+that pause.
 """
 
 import datetime
@@ -70,7 +73,8 @@ def measure_purge_round(server, workflow, args, work_dir):
         running.stop()
 
     log.info("purge round: the same purge on a copy, with no load")
-    idle = PurgeRun(copy_path, work_dir / "purge-copy.log").start()
+    # Without pauses, the gaps between commits are the transactions' own times.
+    idle = PurgeRun(copy_path, work_dir / "purge-copy.log", share=1).start()
     try:
         idle.wait(args.timeout)
     finally:
@@ -142,9 +146,10 @@ def copy_database(source, destination):
 class PurgeRun:
     """One run of the purge command from the repository root on a SQLite file."""
 
-    def __init__(self, database, log_path):
+    def __init__(self, database, log_path, share=None):
         self.database = Path(database)
         self.log_path = Path(log_path)
+        self.arguments = [*COMMAND] + ([] if share is None else ["--share", str(share)])
         self.out_path = self.log_path.with_suffix(".out")
         self.process = None
         self.started_at = None
@@ -154,13 +159,13 @@ class PurgeRun:
     @property
     def command(self):
         """Return the command line, as run from the repository root."""
-        return f"FUSELINE_BROKER_DATABASE={self.database} {' '.join(COMMAND)}"
+        return f"FUSELINE_BROKER_DATABASE={self.database} {' '.join(self.arguments)}"
 
     def start(self):
         """Start the command, with stdout and stderr going to files."""
         env = {**os.environ, "FUSELINE_BROKER_DATABASE": str(self.database)}
         # The module form runs the flask of this interpreter, the benchmark's venv.
-        argv = [sys.executable, "-m", *COMMAND]
+        argv = [sys.executable, "-m", *self.arguments]
         with open(self.out_path, "wb") as out, open(self.log_path, "wb") as err:
             self.process = subprocess.Popen(
                 argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=err

@@ -11,7 +11,7 @@ import flask
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, auth, config, logs
+from . import __version__, auth, config, logs, retention
 from .api import repository, system, worker, workflow
 from .api.common import SECURITY_SCHEME, quote
 from .crypto import CredentialCipher, generate_key
@@ -305,11 +305,19 @@ def _cli_group():
         help="Age in seconds of the newest finished instance to delete "
         "[default: FUSELINE_BROKER_RETENTION].",
     )
+    @click.option(
+        "--share",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=retention.COMMAND_SHARE,
+        show_default=True,
+        help="Largest share of the run time spent deleting; the purge sleeps "
+        "the rest, so the broker keeps its speed. 1 deletes without pauses.",
+    )
     @flask.cli.with_appcontext
-    def purge(older_than):
+    def purge(older_than, share):
         """Delete finished instances older than the retention age."""
         state = flask.current_app.extensions["fuseline_broker"]
-        deleted = state.retention.purge_all(state.storage, older_than)
+        deleted = state.retention.purge_all(state.storage, older_than, share)
         click.echo(f"purged {deleted} finished instances")
 
     @group.command("generate-key")

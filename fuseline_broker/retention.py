@@ -5,13 +5,15 @@ import time
 
 #: Seconds between two lazy purges in one process.
 LAZY_INTERVAL = 10.0
-#: Instances deleted per transaction by the purge command, and the pause
-#: between two transactions. Without a pause, handouts and reports waiting in
-#: SQLite's busy handler rarely got the lock between batches. In the benchmark
-#: the step rate during a purge rose from 0.23 (500 per batch, no pause) to
-#: 0.76 (this setting) of the rate without a purge. docs/benchmarks.md has
-#: the runs.
+#: Instances deleted per transaction by the purge command.
 COMMAND_BATCH = 50
+#: The largest share of its run time that the purge command spends in its
+#: transactions; it sleeps the rest. A purge shares the CPU and SQLite's
+#: write lock with the broker, and without pacing it cut the benchmark's
+#: step rate by about a quarter. docs/benchmarks.md has the runs.
+COMMAND_SHARE = 0.1
+#: The shortest pause between two transactions of the purge command, in
+#: seconds, so that waiting writers get the lock between batches.
 COMMAND_PAUSE = 0.02
 
 
@@ -40,14 +42,24 @@ class Retention:
             self._next_run = now + LAZY_INTERVAL
         return storage.purge_finished(now - self.max_age, self.lazy_batch)
 
-    def purge_all(self, storage, max_age=None):
-        """Delete every instance finished longer ago than ``max_age`` seconds."""
+    def purge_all(self, storage, max_age=None, share=COMMAND_SHARE):
+        """Delete every instance finished longer ago than ``max_age`` seconds.
+
+        Batches of COMMAND_BATCH instances run in their own transactions.
+        After a batch that took t seconds, the purge sleeps
+        ``t * (1 - share) / share`` seconds, and at least COMMAND_PAUSE, so
+        it spends at most ``share`` of its time deleting.
+        """
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be above 0 and at most 1, received {share}")
         age = self.max_age if max_age is None else max_age
         cutoff = self.clock() - age
         total = 0
         while True:
+            started = time.monotonic()
             deleted = storage.purge_finished(cutoff, COMMAND_BATCH)
+            took = time.monotonic() - started
             total += deleted
             if deleted < COMMAND_BATCH:
                 return total
-            time.sleep(COMMAND_PAUSE)
+            time.sleep(max(COMMAND_PAUSE, took * (1 - share) / share))

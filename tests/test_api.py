@@ -110,6 +110,40 @@ def test_step_needs_worker_id(client):
     assert "worker_id" in reply.get_json()["message"]
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "worker_id=w1",
+        "worker_id=w1&other=x",
+        "worker_id=",
+        "worker_id=" + "w" * 255,
+        "worker_id=" + "w" * 256,
+        "worker_id=w1&worker_id=w2",
+        "other=x",
+        "",
+    ],
+)
+def test_worker_id_quick_path_matches_full_parse(app, query):
+    """The shortcut for the worker_id query agrees with webargs and marshmallow."""
+    from webargs.flaskparser import FlaskParser
+
+    from fuseline_broker.api.common import BrokerParser
+    from fuseline_broker.api.schemas import WorkerIdQuerySchema
+
+    def outcome(parse):
+        try:
+            return "loaded", parse()
+        except Exception as exc:  # noqa: BLE001 - both must fail alike
+            return "failed", type(exc), getattr(exc, "data", None)
+
+    schema, parser = WorkerIdQuerySchema(), BrokerParser()
+    with app.test_request_context(f"/workflow/step?{query}"):
+        quick = outcome(lambda: parser.parse(schema, location="query"))
+        # The stock parse of BrokerParser's parent, skipping quick_load.
+        full = outcome(lambda: FlaskParser.parse(parser, schema, location="query"))
+    assert quick == full
+
+
 def test_bad_policy_config_names_value(client):
     workflow = load_workflow("policies_retry_timeout")
     workflow["steps"]["step0"]["policies"][1]["config"]["seconds"] = "soon"

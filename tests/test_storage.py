@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from fuseline_broker.errors import DefinitionConflict, NotAssigned, NotFound
+from fuseline_broker.retention import COMMAND_BATCH, COMMAND_PAUSE
 from fuseline_broker.storage.base import Settings
 from fuseline_broker.storage.sqlite import SQLiteStorage
 
@@ -270,3 +271,41 @@ def test_lazy_purge_paced(storage, clock):
     clock.advance(LAZY_INTERVAL)
     assert retention.purge_some(storage) == 1
     assert storage.list_instances(None, None, 0, 10).total == 0
+
+
+class SlowPurges:
+    """A storage whose purge transactions take a known time on a fake clock."""
+
+    def __init__(self, batches, seconds, clock):
+        self.batches = list(batches)
+        self.seconds = seconds
+        self.clock = clock
+
+    def purge_finished(self, finished_before, limit):
+        self.clock.advance(self.seconds)
+        return min(self.batches.pop(0), limit)
+
+
+@pytest.mark.parametrize(
+    ("share", "pause"), [(0.1, 0.9), (0.5, 0.1), (1.0, COMMAND_PAUSE)]
+)
+def test_purge_command_paced_to_its_share(monkeypatch, clock, share, pause):
+    from fuseline_broker import retention
+
+    pauses = []
+    monkeypatch.setattr(retention.time, "monotonic", clock)
+    monkeypatch.setattr(retention.time, "sleep", pauses.append)
+    storage = SlowPurges([COMMAND_BATCH, COMMAND_BATCH, 3], 0.1, clock)
+    policy = retention.Retention(max_age=0, lazy_batch=0, clock=clock)
+
+    assert policy.purge_all(storage, share=share) == 2 * COMMAND_BATCH + 3
+    # A pause after each full batch, none after the last, short one.
+    assert pauses == pytest.approx([pause, pause])
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5])
+def test_purge_share_out_of_range_rejected(clock, share):
+    from fuseline_broker.retention import Retention
+
+    with pytest.raises(ValueError, match="share"):
+        Retention(max_age=0, lazy_batch=0, clock=clock).purge_all(None, share=share)

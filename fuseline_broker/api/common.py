@@ -67,6 +67,18 @@ class BrokerParser(FlaskParser):
     merge. Its messages name the offending values.
     """
 
+    def parse(self, argmap, req=None, *, location=None, **kwargs):
+        """Parse as webargs does, through the schema's ``quick_load`` if it has one.
+
+        ``quick_load`` takes the query arguments and returns the loaded
+        data, or None to leave the request to the full parse.
+        """
+        if location == "query" and hasattr(argmap, "quick_load"):
+            data = argmap.quick_load((req or flask.request).args)
+            if data is not None:
+                return data
+        return super().parse(argmap, req, location=location, **kwargs)
+
     def _raw_load_json(self, req):
         data = req.get_data(cache=True)
         if not data:
@@ -90,13 +102,18 @@ class BrokerParser(FlaskParser):
             abort(400, message=f"invalid JSON body: {exc}")
         except RecursionError:
             abort(400, message="invalid JSON body: lists and objects nest too deeply")
-        try:
-            # json.loads accepts a lone UTF-16 surrogate escape such as
-            # "\ud800", which no UTF-8 text (and so no SQLite text) can hold.
-            json.dumps(value, ensure_ascii=False).encode()
-        except UnicodeEncodeError as exc:
-            bad = quote(exc.object[exc.start : exc.end])
-            abort(400, message=f"invalid JSON body: lone surrogate {bad} in a string")
+        # json.loads accepts a lone UTF-16 surrogate escape such as "\ud800",
+        # which no UTF-8 text (and so no SQLite text) can hold. The decoder
+        # rejects an unescaped surrogate in every encoding, so a body without
+        # a backslash cannot carry one.
+        if b"\\" in data:
+            try:
+                json.dumps(value, ensure_ascii=False).encode()
+            except UnicodeEncodeError as exc:
+                bad = quote(exc.object[exc.start : exc.end])
+                abort(
+                    400, message=f"invalid JSON body: lone surrogate {bad} in a string"
+                )
         return value
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):

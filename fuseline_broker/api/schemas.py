@@ -177,6 +177,23 @@ class WorkerIdQuerySchema(ma.Schema):
 
     worker_id = Name()
 
+    def quick_load(self, args):
+        """Return what ``load`` would for a well-formed query, else None.
+
+        Every keep-alive, poll and report carries this query, and a full
+        webargs and marshmallow pass costs more than the rest of a
+        keep-alive. A query that is not exactly one valid ``worker_id``
+        (plus any ignored parameters) gets None, and the caller falls back
+        to ``load`` for the usual result or error message.
+        """
+        values = args.getlist("worker_id")
+        if len(values) != 1:
+            return None
+        worker_id = values[0]
+        if not 0 < len(worker_id) <= limits.current().max_name_length:
+            return None
+        return {"worker_id": worker_id}
+
 
 #: Highest page number; keeps the row offset within SQLite's 64-bit integers.
 MAX_PAGE = 10**9

@@ -21,6 +21,7 @@ from ..errors import (
     StorageUnavailable,
 )
 from .base import Assignment, Page, ReportOutcome, RuntimeStorage, Settings
+from .writelock import WriterLock, WriterLockTimeout
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,14 @@ class SQLiteStorage(RuntimeStorage):
         self.synchronous = synchronous
         self.clock = clock
         self._local = threading.local()
+        self._writer_lock = WriterLock(self.path, busy_timeout)
         # Definitions never change once stored, so each process caches them.
         self._definitions = {}
         self._worker_workflows = {}
         # When this process last stored each worker's last_seen.
         self._touched = {}
+        # Workers whose last poll in this process got a step.
+        self._busy = set()
 
     # Connections and transactions
 
@@ -124,6 +128,7 @@ class SQLiteStorage(RuntimeStorage):
 
     def close(self):
         """Close this thread's connection, if it has one."""
+        self._writer_lock.close()
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
@@ -146,17 +151,21 @@ class SQLiteStorage(RuntimeStorage):
         """Run the block in one write transaction, rolled back on any error."""
         conn = self._connection()
         try:
-            conn.execute("begin immediate")
-        except sqlite3.Error as exc:
-            self._fail(conn, exc, "write")
-        try:
-            yield conn
-            conn.execute("commit")
-        except sqlite3.Error as exc:
-            self._fail(conn, exc, "write")
-        except BaseException:
-            _rollback(conn)
-            raise
+            with self._writer_lock.hold():
+                try:
+                    conn.execute("begin immediate")
+                except sqlite3.Error as exc:
+                    self._fail(conn, exc, "write")
+                try:
+                    yield conn
+                    conn.execute("commit")
+                except sqlite3.Error as exc:
+                    self._fail(conn, exc, "write")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+        except WriterLockTimeout as exc:
+            raise StorageUnavailable(f"database write failed: {exc}") from exc
 
     @contextlib.contextmanager
     def _read(self):
@@ -444,7 +453,9 @@ class SQLiteStorage(RuntimeStorage):
         )
 
     def take_step(self, worker_id):
-        if self._nothing_to_do(worker_id):
+        # A worker that just got a step will likely find another, so the
+        # read-only check for idle polls would only add a statement.
+        if worker_id not in self._busy and self._nothing_to_do(worker_id):
             self._touch_if_due(worker_id)
             return None
         with self._write() as conn:
@@ -457,8 +468,11 @@ class SQLiteStorage(RuntimeStorage):
                 assignment, attempt = self._assign(conn, head, worker_id, now)
         if touched:
             self._touched[worker_id] = now
-        if assignment is not None:
-            _log_handout(assignment, worker_id, attempt)
+        if assignment is None:
+            self._busy.discard(worker_id)
+            return None
+        self._busy.add(worker_id)
+        _log_handout(assignment, worker_id, attempt)
         return assignment
 
     def _nothing_to_do(self, worker_id):
