@@ -21,7 +21,6 @@ from ..errors import (
     StorageUnavailable,
 )
 from .base import Assignment, Page, ReportOutcome, RuntimeStorage, Settings
-from .writelock import WriterLock, WriterLockTimeout
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ class SQLiteStorage(RuntimeStorage):
         self.synchronous = synchronous
         self.clock = clock
         self._local = threading.local()
-        self._writer_lock = WriterLock(self.path, busy_timeout)
         # Definitions never change once stored, so each process caches them.
         self._definitions = {}
         self._worker_workflows = {}
@@ -128,7 +126,6 @@ class SQLiteStorage(RuntimeStorage):
 
     def close(self):
         """Close this thread's connection, if it has one."""
-        self._writer_lock.close()
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
@@ -151,21 +148,17 @@ class SQLiteStorage(RuntimeStorage):
         """Run the block in one write transaction, rolled back on any error."""
         conn = self._connection()
         try:
-            with self._writer_lock.hold():
-                try:
-                    conn.execute("begin immediate")
-                except sqlite3.Error as exc:
-                    self._fail(conn, exc, "write")
-                try:
-                    yield conn
-                    conn.execute("commit")
-                except sqlite3.Error as exc:
-                    self._fail(conn, exc, "write")
-                except BaseException:
-                    _rollback(conn)
-                    raise
-        except WriterLockTimeout as exc:
-            raise StorageUnavailable(f"database write failed: {exc}") from exc
+            conn.execute("begin immediate")
+        except sqlite3.Error as exc:
+            self._fail(conn, exc, "write")
+        try:
+            yield conn
+            conn.execute("commit")
+        except sqlite3.Error as exc:
+            self._fail(conn, exc, "write")
+        except BaseException:
+            _rollback(conn)
+            raise
 
     @contextlib.contextmanager
     def _read(self):
