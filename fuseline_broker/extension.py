@@ -310,8 +310,9 @@ def _cli_group():
         type=click.FloatRange(0, 1, min_open=True),
         default=retention.COMMAND_SHARE,
         show_default=True,
-        help="Largest share of the run time spent deleting; the purge sleeps "
-        "the rest, so the broker keeps its speed. 1 deletes without pauses.",
+        help="Maximum share of its run time that the purge spends deleting. "
+        "It sleeps the rest, so the broker keeps its pace. 1 deletes without "
+        "pauses.",
     )
     @flask.cli.with_appcontext
     def purge(older_than, share):
