@@ -2,8 +2,9 @@
 
 One thread calls the WSGI apps directly, with no gunicorn, network or other
 thread, so the figures show what the broker's own code costs per request,
-and they vary less between runs than the figures of ``step_cycle.py``. The
-broker runs on a temporary SQLite file with its log lines discarded.
+without lock waits. The broker runs on a temporary SQLite file with its log
+lines discarded. Other processes on the machine still change the figures,
+so compare the ratio to the baseline app's cost within one run.
 
 1. Request costs: ``--instances`` diamonds are dispatched, then one worker
    loops keep-alive, take a step and report until none is left. The CPU
