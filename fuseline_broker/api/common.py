@@ -245,7 +245,10 @@ def retention():
 
 def no_content():
     """Return an empty 204 response; a body would be parsed as JSON by workers."""
-    return flask.Response(status=204)
+    response = flask.Response(status=204)
+    # Werkzeug adds its default text/html type, which describes no body here.
+    del response.headers["Content-Type"]
+    return response
 
 
 def json_response(value, status=200):

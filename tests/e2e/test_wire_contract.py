@@ -113,6 +113,7 @@ def test_no_work_is_204_with_empty_body(broker, wire):
     )
     assert status == 204
     assert body == b""
+    assert "content-type" not in {name.lower() for name in headers}
 
 
 def test_assignment_has_exactly_six_keys(wire):
