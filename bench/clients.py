@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from shapes import step_result
+from shapes import success_report
 
 log = logging.getLogger(__name__)
 
@@ -296,14 +296,7 @@ def run_protocol_worker(target, workflow, running_floor, deadline, barrier):
 
 def _report(connection, query, workflow, assignment):
     """Report a step as SUCCEEDED, retrying after a 5xx, and return the reply body."""
-    name = assignment["step_name"]
-    report = {
-        "workflow_id": assignment["workflow_id"],
-        "instance_id": assignment["instance_id"],
-        "step_name": name,
-        "state": "SUCCEEDED",
-        "result": step_result(name, workflow, assignment["payload"]),
-    }
+    report = success_report(assignment, workflow)
     for _ in range(REPORT_TRIES):
         reply = connection.post_json("report", "/workflow/step" + query, report)
         if reply.status == 200:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from pyinstrument import Profiler
-from shapes import INPUTS, build_workflow, step_result
+from shapes import INPUTS, build_workflow, success_report
 
 from fuseline_broker import create_app
 
@@ -30,15 +30,7 @@ def run_steps(client, workflow, worker_id):
         reply = client.get("/workflow/step" + query)
         if reply.status_code == 204:
             return ran
-        assignment = reply.get_json()
-        name = assignment["step_name"]
-        report = {
-            "workflow_id": assignment["workflow_id"],
-            "instance_id": assignment["instance_id"],
-            "step_name": name,
-            "state": "SUCCEEDED",
-            "result": step_result(name, workflow, assignment["payload"]),
-        }
+        report = success_report(reply.get_json(), workflow)
         client.post("/workflow/step" + query, json=report)
         ran += 1
 

@@ -73,7 +73,8 @@ def measure_purge_round(server, workflow, args, work_dir):
         running.stop()
 
     log.info("purge round: the same purge on a copy, with no load")
-    # Without pauses, the gaps between commits are the transactions' own times.
+    # With --share 1 only the shortest pause follows each commit, so the gaps
+    # between commits are the transactions' own times plus that pause.
     idle = PurgeRun(copy_path, work_dir / "purge-copy.log", share=1).start()
     try:
         idle.wait(args.timeout)

@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import baseline_app
-from shapes import INPUTS, build_workflow, step_result
+from shapes import INPUTS, build_workflow, success_report
 
 from fuseline_broker import create_app
 
@@ -58,7 +58,7 @@ def wsgi_environ(method, path, query="", body=b""):
 
 
 def call(app, environ):
-    """Run one request through a WSGI app; return its status line and body."""
+    """Run one request through a WSGI app and return its status line and body."""
     statuses = []
 
     def start_response(status, headers, exc_info=None):
@@ -72,18 +72,6 @@ def new_broker(folder):
     """Return a broker app on a new SQLite file in ``folder``."""
     database = Path(folder) / "broker.sqlite3"
     return create_app({"FUSELINE_BROKER_DATABASE": str(database)}, folder)
-
-
-def report_body(assignment, workflow):
-    """Return the JSON report of a successful run of an assigned step."""
-    name = assignment["step_name"]
-    return {
-        "workflow_id": assignment["workflow_id"],
-        "instance_id": assignment["instance_id"],
-        "step_name": name,
-        "state": "SUCCEEDED",
-        "result": step_result(name, workflow, assignment["payload"]),
-    }
 
 
 def request_costs(instances):
@@ -111,7 +99,7 @@ def request_costs(instances):
             spent["get_step"] += took - kept_alive
             if status.startswith("204"):
                 break
-            report = json.dumps(report_body(json.loads(body), workflow)).encode()
+            report = json.dumps(success_report(json.loads(body), workflow)).encode()
             started = time.process_time()
             status, _ = call(app, wsgi_environ("POST", "/workflow/step", query, report))
             spent["report"] += time.process_time() - started
@@ -203,7 +191,7 @@ def statement_costs(instances):
             steps = 0
             started = time.perf_counter()
             while (assignment := storage.take_step(worker_id)) is not None:
-                report = report_body(assignment.to_wire(), workflow)
+                report = success_report(assignment.to_wire(), workflow)
                 storage.report_step(worker_id, report)
                 steps += 1
             seconds = time.perf_counter() - started

@@ -81,6 +81,18 @@ def step_result(step_name, workflow, payload):
     return 1 + sum(results[name] for name in step["predecessors"])
 
 
+def success_report(assignment, workflow):
+    """Return the report of a successful run of an assigned step, as JSON data."""
+    name = assignment["step_name"]
+    return {
+        "workflow_id": assignment["workflow_id"],
+        "instance_id": assignment["instance_id"],
+        "step_name": name,
+        "state": "SUCCEEDED",
+        "result": step_result(name, workflow, assignment["payload"]),
+    }
+
+
 def topological_order(workflow):
     """Return the step names so that each step comes after its predecessors."""
     steps = workflow["steps"]

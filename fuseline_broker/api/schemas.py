@@ -190,7 +190,13 @@ class WorkerIdQuerySchema(ma.Schema):
         if len(values) != 1:
             return None
         worker_id = values[0]
-        if not 0 < len(worker_id) <= limits.current().max_name_length:
+        try:
+            # The field's own validators, so the rules live in one place.
+            # marshmallow also counts a validator that returns False as failed.
+            for check in self.fields["worker_id"].validators:
+                if check(worker_id) is False:
+                    return None
+        except ma.ValidationError:
             return None
         return {"worker_id": worker_id}
 

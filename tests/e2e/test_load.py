@@ -566,6 +566,16 @@ def check_applied_once(instances, summaries, applied):
     assert not_stored_as_applied(instances, applied) == []
 
 
+def check_nothing_applied_lost(instances, summaries, kill_started):
+    """Assert that the reports applied before a kill are stored, each once."""
+    applied = merged(summaries, "applied")
+    before_kill = [item for item in applied if item[-1] < kill_started]
+    assert len(before_kill) > 0
+    assert not_stored_as_applied(instances, before_kill) == []
+    check_applied_once(instances, summaries, applied)
+    assert set(stale_reasons(summaries)) <= {ALREADY_APPLIED, HANDED_TO_ANOTHER}
+
+
 def check_connection_errors(summaries, first_failure, last_send):
     """Assert that requests failed only because of the kill.
 
@@ -639,12 +649,7 @@ def test_load_worker_process_killed(start_broker, start_load):
     check_connection_errors(summaries, kill_started, replaced_at)
     check_instances(instances, run, summaries)
     assert set(run.dispatched) == set(instances)
-    applied = merged(summaries, "applied")
-    before_kill = [item for item in applied if item[-1] < kill_started]
-    assert len(before_kill) > 0
-    assert not_stored_as_applied(instances, before_kill) == []
-    check_applied_once(instances, summaries, applied)
-    assert set(stale_reasons(summaries)) <= {ALREADY_APPLIED, HANDED_TO_ANOTHER}
+    check_nothing_applied_lost(instances, summaries, kill_started)
 
 
 def test_load_server_killed(start_broker, start_load):
@@ -671,12 +676,7 @@ def test_load_server_killed(start_broker, start_load):
     # broker may hold more instances than the dispatchers know of.
     check_instances(instances, run, summaries)
     assert set(run.dispatched) <= set(instances)
-    applied = merged(summaries, "applied")
-    before_kill = [item for item in applied if item[-1] < kill_started]
-    assert len(before_kill) > 0
-    assert not_stored_as_applied(instances, before_kill) == []
-    check_applied_once(instances, summaries, applied)
-    assert set(stale_reasons(summaries)) <= {ALREADY_APPLIED, HANDED_TO_ANOTHER}
+    check_nothing_applied_lost(instances, summaries, kill_started)
 
 
 def test_load_vanished_workers(start_broker, start_load):
