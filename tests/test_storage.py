@@ -197,7 +197,7 @@ def test_threads_never_share_a_step(storage):
 
 
 def test_one_log_line_per_event(storage, chain, clock, caplog):
-    caplog.set_level("INFO", logger="fuseline_broker")
+    caplog.set_level("DEBUG", logger="fuseline_broker")
     worker = storage.register_worker([chain[0]])
     assignment = storage.take_step(worker)
     storage.report_step(worker, report(assignment))
@@ -221,6 +221,22 @@ def test_one_log_line_per_event(storage, chain, clock, caplog):
     assert all(f"worker={worker}" in line for line in lines)
     assert f"step={second.step_name}" in lines[5]
     assert all("workflow=chain" in line for line in lines[1:])
+    # First handouts and successful reports are DEBUG; the rest stand out.
+    levels = [record.levelname for record in caplog.records]
+    assert levels == ["INFO", "DEBUG", "DEBUG", "WARNING", "DEBUG", "WARNING", "INFO"]
+
+
+def test_failed_report_logged_at_info(storage, chain, caplog):
+    caplog.set_level("INFO", logger="fuseline_broker")
+    worker = storage.register_worker([chain[0]])
+    assignment = storage.take_step(worker)
+    storage.report_step(worker, report(assignment, state="FAILED"))
+
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("report")
+    ]
+    assert len(lines) == 1
+    assert "state=FAILED" in lines[0]
 
 
 def finish_run(storage, workflow):

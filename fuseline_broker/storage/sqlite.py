@@ -670,7 +670,9 @@ class SQLiteStorage(RuntimeStorage):
                 extra={**extra, "action": "stale_report"},
             )
             return ReportOutcome(False, refusal)
-        log.info(
+        # A success is the common case, and the database keeps the same facts.
+        log.log(
+            logging.DEBUG if report["state"] == dag.SUCCEEDED else logging.INFO,
             "report workflow=%s instance=%s step=%s worker=%s state=%s",
             report["workflow_id"],
             instance_id,
@@ -892,7 +894,10 @@ def _rollback(conn):
 
 
 def _log_handout(assignment, worker_id, attempt):
-    log.info(
+    # First handouts come hundreds of times a second under load, and the
+    # assignments table records each one; a second attempt is news.
+    log.log(
+        logging.DEBUG if attempt == 1 else logging.INFO,
         "handout workflow=%s instance=%s step=%s worker=%s attempt=%d",
         assignment.workflow_id,
         assignment.instance_id,
