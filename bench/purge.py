@@ -35,7 +35,7 @@ COMMIT_LINE = re.compile(
     r"purged (?P<count>\d+) instances finished before"
 )
 #: The line the purge command prints on stdout when it is done.
-TOTAL_LINE = re.compile(r"^purged (?P<count>\d+) finished instances$", re.MULTILINE)
+TOTAL_LINE = re.compile(r"^purged (?P<count>\d+) finished instances?$", re.MULTILINE)
 #: Seconds between two reads of the log while waiting for the first commit.
 POLL_INTERVAL = 0.02
 

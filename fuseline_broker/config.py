@@ -129,7 +129,8 @@ OPTIONS = (
         float,
         7 * 24 * 3600.0,
         "s",
-        "finished instances older than this are purged",
+        "finished instances older than this are purged, and so are workers "
+        "last seen longer ago",
         minimum=0,
     ),
     Option(
@@ -137,8 +138,8 @@ OPTIONS = (
         int,
         50,
         "instances",
-        "how many old instances a dispatch purges, at most every 10 s per "
-        "process; 0 leaves purging to the purge command",
+        "how many old instances, and then old workers, a dispatch purges, at "
+        "most every 10 s per process; 0 leaves purging to the purge command",
         minimum=0,
     ),
     Option(

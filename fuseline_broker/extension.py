@@ -273,6 +273,10 @@ def _before_broker_request():
     auth.check_request(state.tokens)
 
 
+def _count(number, noun):
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _cli_group():
     group = click.Group("broker", help="fuseline-broker commands.")
 
@@ -316,10 +320,13 @@ def _cli_group():
     )
     @flask.cli.with_appcontext
     def purge(older_than, share):
-        """Delete finished instances older than the retention age."""
+        """Delete finished instances and gone workers older than the retention age."""
         state = flask.current_app.extensions["fuseline_broker"]
-        deleted = state.retention.purge_all(state.storage, older_than, share)
-        click.echo(f"purged {deleted} finished instances")
+        purged = state.retention.purge_all(state.storage, older_than, share)
+        click.echo(f"purged {_count(purged.instances, 'finished instance')}")
+        click.echo(
+            f"purged {_count(purged.workers, 'worker')} last seen before the cutoff"
+        )
 
     @group.command("generate-key")
     def generate_secret_key():

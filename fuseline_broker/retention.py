@@ -1,7 +1,8 @@
-"""Purging of finished instances, by command and lazily during dispatches."""
+"""Purging of finished instances and gone workers, by command and lazily."""
 
 import threading
 import time
+from typing import NamedTuple
 
 #: Seconds between two lazy purges in one process.
 LAZY_INTERVAL = 10.0
@@ -17,6 +18,13 @@ COMMAND_SHARE = 0.1
 #: The shortest pause between two transactions of the purge command, in
 #: seconds, so that waiting writers get the lock between batches.
 COMMAND_PAUSE = 0.02
+
+
+class Purged(NamedTuple):
+    """How many rows of each kind a purge deleted."""
+
+    instances: int
+    workers: int
 
 
 class Retention:
@@ -42,26 +50,40 @@ class Retention:
             if now < self._next_run:
                 return 0
             self._next_run = now + LAZY_INTERVAL
-        return storage.purge_finished(now - self.max_age, self.lazy_batch)
+        cutoff = now - self.max_age
+        deleted = storage.purge_finished(cutoff, self.lazy_batch)
+        storage.purge_workers(cutoff, self.lazy_batch)
+        return deleted
 
     def purge_all(self, storage, max_age=None, share=COMMAND_SHARE):
-        """Delete every instance finished longer ago than ``max_age`` seconds.
+        """Delete finished instances and gone workers older than ``max_age`` seconds.
 
-        Batches of COMMAND_BATCH instances run in their own transactions.
-        After a batch that took t seconds, the purge sleeps
-        ``t * (1 - share) / share`` seconds, and at least COMMAND_PAUSE, so
-        it spends at most ``share`` of its time deleting.
+        Workers go by the time they were last seen, and live workers stay.
+        Returns a Purged.
+
+        Batches of COMMAND_BATCH rows run in their own transactions. After a
+        batch that took t seconds, the purge sleeps ``t * (1 - share) /
+        share`` seconds, and at least COMMAND_PAUSE, so it spends at most
+        ``share`` of its time deleting.
         """
         if not 0 < share <= 1:
             raise ValueError(f"share must be above 0 and at most 1, received {share}")
         age = self.max_age if max_age is None else max_age
         cutoff = self.clock() - age
-        total = 0
-        while True:
-            started = time.monotonic()
-            deleted = storage.purge_finished(cutoff, COMMAND_BATCH)
-            took = time.monotonic() - started
-            total += deleted
-            if deleted < COMMAND_BATCH:
-                return total
-            time.sleep(max(COMMAND_PAUSE, took * (1 - share) / share))
+        return Purged(
+            _paced(lambda: storage.purge_finished(cutoff, COMMAND_BATCH), share),
+            _paced(lambda: storage.purge_workers(cutoff, COMMAND_BATCH), share),
+        )
+
+
+def _paced(purge_batch, share):
+    """Call ``purge_batch`` until it deletes less than a full batch; return the sum."""
+    total = 0
+    while True:
+        started = time.monotonic()
+        deleted = purge_batch()
+        took = time.monotonic() - started
+        total += deleted
+        if deleted < COMMAND_BATCH:
+            return total
+        time.sleep(max(COMMAND_PAUSE, took * (1 - share) / share))

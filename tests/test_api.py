@@ -1,6 +1,7 @@
 """The HTTP layer through Flask's test client: configuration, parsing, listings."""
 
 import json
+import sqlite3
 
 import pytest
 
@@ -202,6 +203,30 @@ def test_purge_command_deletes_finished(app, client):
     assert "purged 1" in purged.output
     assert client.get(f"/workflow/instances/{instance_id}").status_code == 404
     assert client.get(f"/workflow/instances/{running}").status_code == 200
+    # The worker that ran the steps is live, so even --older-than 0 keeps it.
+    assert "purged 0 workers" in purged.output
+
+
+def test_purge_command_deletes_stopped_workers(app, client, tmp_path):
+    workflow = load_workflow("conditional_skip")
+    stopped = client.post("/worker/register", json=[workflow]).get_json()
+    live = client.post("/worker/register", json=[workflow]).get_json()
+    with sqlite3.connect(tmp_path / "broker.db") as conn:
+        conn.execute(
+            "update workers set last_seen = last_seen - 8 * 86400 where worker_id = ?",
+            (stopped,),
+        )
+    conn.close()
+
+    output = app.test_cli_runner().invoke(args=["broker", "purge"]).output
+
+    assert "purged 1 worker last seen" in output
+    storage = app.extensions["fuseline_broker"].storage
+    listed = storage.list_workers(live_only=False)
+    assert [worker["worker_id"] for worker in listed] == [live]
+    rejected = client.post(f"/worker/keep-alive?worker_id={stopped}")
+    assert rejected.status_code == 404
+    assert stopped in rejected.get_json()["message"]
 
 
 def test_settings_command_masks_secrets(tmp_path):

@@ -12,6 +12,7 @@ from fuseline_broker.storage.sqlite import SQLiteStorage
 from .conftest import load_workflow
 
 STEP_TIMEOUT = 100.0
+WORKER_TTL = 30.0
 
 
 class FakeClock:
@@ -36,7 +37,7 @@ def clock():
 def storage(request, tmp_path, clock):
     """Every RuntimeStorage implementation, each on fresh state."""
     settings = Settings(
-        worker_ttl=30, step_timeout=STEP_TIMEOUT, step_grace=30, max_attempts=3
+        worker_ttl=WORKER_TTL, step_timeout=STEP_TIMEOUT, step_grace=30, max_attempts=3
     )
     store = SQLiteStorage(tmp_path / "broker.db", settings, clock=clock)
     store.initialize()
@@ -221,7 +222,7 @@ def test_one_log_line_per_event(storage, chain, clock, caplog):
     assert all(f"worker={worker}" in line for line in lines)
     assert f"step={second.step_name}" in lines[5]
     assert all("workflow=chain" in line for line in lines[1:])
-    # First handouts and successful reports are DEBUG; the rest stand out.
+    # First handouts and successful reports are DEBUG, the rest INFO or WARNING.
     levels = [record.levelname for record in caplog.records]
     assert levels == ["INFO", "DEBUG", "DEBUG", "WARNING", "DEBUG", "WARNING", "INFO"]
 
@@ -283,10 +284,47 @@ def test_lazy_purge_paced(storage, clock):
     retention = Retention(max_age=500, lazy_batch=2, clock=clock)
 
     assert retention.purge_some(storage) == 2
+    # The workers that ran the runs are purged too, in batches of the same size.
+    assert len(storage.list_workers(live_only=False)) == 1
     assert retention.purge_some(storage) == 0
     clock.advance(LAZY_INTERVAL)
     assert retention.purge_some(storage) == 1
     assert storage.list_instances(None, None, 0, 10).total == 0
+    assert storage.list_workers(live_only=False) == []
+
+
+def test_purge_workers_spares_live_ones(storage, clock):
+    workflow = load_workflow("chain_five")
+    stopped = storage.register_worker([workflow])
+    clock.advance(1000)
+    live = storage.register_worker([workflow])
+    clock.advance(WORKER_TTL / 2)
+
+    # Even a cutoff in the future leaves the worker seen within the TTL.
+    assert storage.purge_workers(clock.now + 1, limit=10) == 1
+
+    assert [w["worker_id"] for w in storage.list_workers(live_only=False)] == [live]
+    with pytest.raises(NotFound):
+        storage.touch_worker(stopped)
+    with pytest.raises(NotFound):
+        storage.take_step(stopped)
+    storage.dispatch(workflow, {})
+    assert storage.take_step(live) is not None
+
+
+def test_purge_workers_keeps_recent_and_respects_limit(storage, clock):
+    workflow = load_workflow("chain_five")
+    for _ in range(3):
+        storage.register_worker([workflow])
+    clock.advance(1000)
+    recent = storage.register_worker([workflow])
+    # Not live any more, but seen after the cutoff.
+    clock.advance(100)
+
+    assert storage.purge_workers(clock.now - 500, limit=2) == 2
+    assert storage.purge_workers(clock.now - 500, limit=2) == 1
+    assert storage.purge_workers(clock.now - 500, limit=2) == 0
+    assert [w["worker_id"] for w in storage.list_workers(live_only=False)] == [recent]
 
 
 class SlowPurges:
@@ -301,6 +339,9 @@ class SlowPurges:
         self.clock.advance(self.seconds)
         return min(self.batches.pop(0), limit)
 
+    def purge_workers(self, seen_before, limit):
+        return 0
+
 
 @pytest.mark.parametrize(
     ("share", "pause"), [(0.1, 0.9), (0.5, 0.1), (1.0, COMMAND_PAUSE)]
@@ -314,7 +355,7 @@ def test_purge_command_paced_to_its_share(monkeypatch, clock, share, pause):
     storage = SlowPurges([COMMAND_BATCH, COMMAND_BATCH, 3], 0.1, clock)
     policy = retention.Retention(max_age=0, lazy_batch=0, clock=clock)
 
-    assert policy.purge_all(storage, share=share) == 2 * COMMAND_BATCH + 3
+    assert policy.purge_all(storage, share=share) == (2 * COMMAND_BATCH + 3, 0)
     # A pause after each full batch, none after the last, short one.
     assert pauses == pytest.approx([pause, pause])
 

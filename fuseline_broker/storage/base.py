@@ -144,3 +144,13 @@ class RuntimeStorage(abc.ABC):
         Their steps and assignment history go with them; running instances
         are never touched. Returns how many instances were deleted.
         """
+
+    @abc.abstractmethod
+    def purge_workers(self, seen_before, limit):
+        """Delete up to ``limit`` workers last seen before a Unix time.
+
+        The workflow versions they registered go with them. A live worker,
+        one seen within the worker TTL, is never deleted, whatever the time
+        given, because its next call would be refused. Returns how many
+        workers were deleted.
+        """

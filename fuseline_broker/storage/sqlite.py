@@ -69,7 +69,9 @@ class SQLiteStorage(RuntimeStorage):
         # Definitions never change once stored, so each process caches them.
         self._definitions = {}
         self._worker_workflows = {}
-        # When this process last stored each worker's last_seen.
+        # When this process last stored each worker's last_seen. An entry
+        # under TOUCH_INTERVAL old means the worker exists, because
+        # purge_workers spares workers stored that recently.
         self._touched = {}
         # Workers whose last poll in this process got a step.
         self._busy = set()
@@ -363,8 +365,8 @@ class SQLiteStorage(RuntimeStorage):
     def _touch_unless_recent(self, conn, worker_id, now):
         """Store last_seen unless this process did so within TOUCH_INTERVAL.
 
-        A worker in ``_touched`` is known to exist, because workers are never
-        deleted. Returns whether last_seen was written.
+        A worker touched within TOUCH_INTERVAL is known to exist, because
+        purge_workers spares it. Returns whether last_seen was written.
         """
         last = self._touched.get(worker_id)
         if last is not None and now - last < TOUCH_INTERVAL:
@@ -885,6 +887,32 @@ class SQLiteStorage(RuntimeStorage):
             )
         return len(ids)
 
+    def purge_workers(self, seen_before, limit):
+        with self._write() as conn:
+            # A process writes last_seen at most once per TOUCH_INTERVAL, so
+            # the stored value of a live worker may be that much older.
+            live_since = self.clock() - self.settings.worker_ttl - TOUCH_INTERVAL
+            rows = conn.execute(
+                "select worker_id from workers where last_seen < ?"
+                " order by last_seen limit ?",
+                (min(seen_before, live_since), limit),
+            ).fetchall()
+            ids = [(row["worker_id"],) for row in rows]
+            for table in ("worker_workflows", "workers"):
+                conn.executemany(f"delete from {table} where worker_id = ?", ids)
+        for (worker_id,) in ids:
+            self._touched.pop(worker_id, None)
+            self._worker_workflows.pop(worker_id, None)
+            self._busy.discard(worker_id)
+        if ids:
+            log.info(
+                "purged %d workers last seen before %.0f",
+                len(ids),
+                min(seen_before, live_since),
+                extra={"action": "purge"},
+            )
+        return len(ids)
+
 
 def _rollback(conn):
     """Roll back an open transaction, ignoring a connection too broken to do it."""
@@ -895,7 +923,8 @@ def _rollback(conn):
 
 def _log_handout(assignment, worker_id, attempt):
     # First handouts come hundreds of times a second under load, and the
-    # assignments table records each one; a second attempt is news.
+    # assignments table records each one. A second attempt means that an
+    # assignment expired, so it is logged at INFO.
     log.log(
         logging.DEBUG if attempt == 1 else logging.INFO,
         "handout workflow=%s instance=%s step=%s worker=%s attempt=%d",
