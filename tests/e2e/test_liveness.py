@@ -1,9 +1,15 @@
-"""Worker liveness: who GET /workers lists, and what silence does not do."""
+"""Worker liveness: who GET /workers lists, what silence does not do, and purges."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
+import pytest
+
 from ..conftest import load_workflow
-from .harness import ProtocolClient
+from .harness import REPO_ROOT, BrokerHTTPError, ProtocolClient
 
 SHORT_TTL = {"FUSELINE_BROKER_WORKER_TTL": "1"}
 
@@ -44,3 +50,38 @@ def test_silence_never_takes_step_back(start_broker):
     assert step0["state"] == "RUNNING"
     assert step0["worker_id"] == busy
     assert client.report_step(busy, taken, "SUCCEEDED", 1) == {"applied": True}
+
+
+def test_purge_command_spares_live_workers(start_broker):
+    server = start_broker(env=SHORT_TTL)
+    client = ProtocolClient(server.url)
+    workflow = load_workflow("chain_five")
+    stopped = client.register_worker([workflow])
+    live = client.register_worker([workflow])
+    # Past the TTL and the 1 s for which a process may skip storing last_seen.
+    time.sleep(2.5)
+    assert client.keep_alive(live)[0] == 204
+
+    purge = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "broker", "purge"]
+        + ["--older-than", "0"],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            **SHORT_TTL,
+            "FUSELINE_BROKER_DATABASE": str(server.database),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert purge.returncode == 0, purge.stderr
+    assert "purged 1 worker last seen" in purge.stdout
+    with pytest.raises(BrokerHTTPError) as rejected:
+        client.keep_alive(stopped)
+    assert rejected.value.status == 404
+    assert stopped in json.loads(rejected.value.body)["message"]
+    assert client.keep_alive(live)[0] == 204
+    client.dispatch(workflow, {})
+    assert client.get_step(live)[1]["step_name"] == "step0"
