@@ -320,7 +320,7 @@ def _cli_group():
     )
     @flask.cli.with_appcontext
     def purge(older_than, share):
-        """Delete finished instances and gone workers older than the retention age."""
+        """Delete finished instances and stopped workers past the retention age."""
         state = flask.current_app.extensions["fuseline_broker"]
         purged = state.retention.purge_all(state.storage, older_than, share)
         click.echo(f"purged {_count(purged.instances, 'finished instance')}")

@@ -1,4 +1,4 @@
-"""Purging of finished instances and gone workers, by command and lazily."""
+"""Purging of finished instances and stopped workers, by command and lazily."""
 
 import threading
 import time
@@ -10,11 +10,12 @@ LAZY_INTERVAL = 10.0
 COMMAND_BATCH = 50
 #: The maximum share of its run time that the purge command spends in its
 #: transactions. It sleeps the rest, because it shares the CPU and SQLite's
-#: write lock with the broker. In the benchmark, a purge with only a 20 ms
-#: pause between transactions cut the step rate to 0.71 to 0.85 of the rate
-#: without a purge, and with this share the rate stayed at 0.93
-#: (docs/benchmarks.md).
-COMMAND_SHARE = 0.1
+#: write lock with the broker, so under full load the purge's share of the
+#: lock can come off the broker's step rate. In the benchmark, the step
+#: rate during a purge was 0.71 to 0.85 of the rate without one with only a
+#: 20 ms pause, 0.83 and 0.93 with a share of 0.1, and 1.05 and 1.07 with
+#: this share (docs/benchmarks.md).
+COMMAND_SHARE = 0.05
 #: The shortest pause between two transactions of the purge command, in
 #: seconds, so that waiting writers get the lock between batches.
 COMMAND_PAUSE = 0.02
@@ -56,7 +57,7 @@ class Retention:
         return deleted
 
     def purge_all(self, storage, max_age=None, share=COMMAND_SHARE):
-        """Delete finished instances and gone workers older than ``max_age`` seconds.
+        """Delete finished instances and stopped workers older than ``max_age`` seconds.
 
         Workers go by the time they were last seen, and live workers stay.
         Returns a Purged.
