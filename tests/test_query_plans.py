@@ -59,6 +59,7 @@ def exercise(storage, clock):
         page.items[0]["instance_id"] if page.items else first.instance_id
     )
     storage.purge_finished(clock() + 1, 10)
+    storage.purge_workers(clock() + 1, 10)
 
 
 def retaken_owner(storage, assignment):
@@ -89,7 +90,13 @@ def plan_lines(database, statement):
 def test_statements_were_traced(traced):
     _, statements = traced
     text = "\n".join(statements)
-    for fragment in ("from queue", "update steps", "from instances", "returning"):
+    for fragment in (
+        "from queue",
+        "update steps",
+        "from instances",
+        "returning",
+        "from workers where last_seen",
+    ):
         assert fragment in text
 
 
