@@ -53,13 +53,16 @@ def test_silence_never_takes_step_back(start_broker):
 
 
 def test_purge_command_spares_live_workers(start_broker):
-    server = start_broker(env=SHORT_TTL)
+    # Long enough that the live worker stays live while the purge command
+    # starts, even on a loaded machine.
+    ttl = {"FUSELINE_BROKER_WORKER_TTL": "3"}
+    server = start_broker(env=ttl)
     client = ProtocolClient(server.url)
     workflow = load_workflow("chain_five")
     stopped = client.register_worker([workflow])
     live = client.register_worker([workflow])
     # Past the TTL and the 1 s for which a process may skip storing last_seen.
-    time.sleep(2.5)
+    time.sleep(4.2)
     assert client.keep_alive(live)[0] == 204
 
     purge = subprocess.run(
