@@ -71,7 +71,7 @@ def test_purge_command_spares_live_workers(start_broker):
         cwd=REPO_ROOT,
         env={
             **os.environ,
-            **SHORT_TTL,
+            **ttl,
             "FUSELINE_BROKER_DATABASE": str(server.database),
         },
         capture_output=True,
