@@ -315,8 +315,8 @@ def _cli_group():
         default=retention.COMMAND_SHARE,
         show_default=True,
         help="Maximum share of its run time that the purge spends deleting. "
-        "It sleeps the rest, so the broker keeps its pace. 1 deletes without "
-        "pauses.",
+        "It sleeps the rest, so the broker keeps its pace. 1 leaves only the "
+        "shortest pause (20 ms) between transactions.",
     )
     @flask.cli.with_appcontext
     def purge(older_than, share):
