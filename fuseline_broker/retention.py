@@ -9,12 +9,10 @@ LAZY_INTERVAL = 10.0
 #: Instances deleted per transaction by the purge command.
 COMMAND_BATCH = 50
 #: The maximum share of its run time that the purge command spends in its
-#: transactions. It sleeps the rest, because it shares the CPU and SQLite's
-#: write lock with the broker, so under full load the purge's share of the
-#: lock can come off the broker's step rate. In the benchmark, the step
-#: rate during a purge was 0.71 to 0.85 of the rate without one with only a
-#: 20 ms pause, 0.83 and 0.93 with a share of 0.1, and 1.05 and 1.07 with
-#: this share (docs/benchmarks.md).
+#: transactions. It sleeps the rest, because under full load whatever share
+#: of SQLite's write lock it takes can come off the broker's step rate. In
+#: the benchmark the step rate during a purge was 0.83 and 0.93 of the rate
+#: without one at a share of 0.1, and 1.05 and 1.07 at this share.
 COMMAND_SHARE = 0.05
 #: The shortest pause between two transactions of the purge command, in
 #: seconds, so that waiting writers get the lock between batches.
@@ -39,10 +37,10 @@ class Retention:
         self._lock = threading.Lock()
 
     def purge_some(self, storage):
-        """Delete one small batch if this process has not done so lately.
+        """Delete one small batch of instances, then of workers, unless done lately.
 
         Each batch is its own short transaction, so handouts and reports are
-        held up by at most one batch at a time.
+        held up by at most one batch at a time. Returns the instances deleted.
         """
         if self.lazy_batch <= 0:
             return 0
@@ -59,8 +57,8 @@ class Retention:
     def purge_all(self, storage, max_age=None, share=COMMAND_SHARE):
         """Delete finished instances and stopped workers older than ``max_age`` seconds.
 
-        Workers go by the time they were last seen, and live workers stay.
-        Returns a Purged.
+        Workers are selected by when they were last seen, and live workers
+        stay. Returns a Purged.
 
         Batches of COMMAND_BATCH rows run in their own transactions. After a
         batch that took t seconds, the purge sleeps ``t * (1 - share) /
@@ -78,7 +76,11 @@ class Retention:
 
 
 def _paced(purge_batch, share):
-    """Call ``purge_batch`` until it deletes less than a full batch; return the sum."""
+    """Call ``purge_batch`` until it deletes less than a full batch.
+
+    Pauses after each full batch as ``Retention.purge_all`` describes, and
+    returns the total deleted.
+    """
     total = 0
     while True:
         started = time.monotonic()

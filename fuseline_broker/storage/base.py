@@ -151,6 +151,6 @@ class RuntimeStorage(abc.ABC):
 
         The workflow versions they registered go with them. A live worker,
         one seen within the worker TTL, is never deleted, whatever the time
-        given, because its next call would be refused. Returns how many
+        given, because its next request would get 404. Returns how many
         workers were deleted.
         """

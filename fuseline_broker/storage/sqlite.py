@@ -672,7 +672,8 @@ class SQLiteStorage(RuntimeStorage):
                 extra={**extra, "action": "stale_report"},
             )
             return ReportOutcome(False, refusal)
-        # A success is the common case, and the database keeps the same facts.
+        # Successes are DEBUG: they are the common case, and the steps table
+        # keeps the same facts.
         log.log(
             logging.DEBUG if report["state"] == dag.SUCCEEDED else logging.INFO,
             "report workflow=%s instance=%s step=%s worker=%s state=%s",
@@ -889,13 +890,14 @@ class SQLiteStorage(RuntimeStorage):
 
     def purge_workers(self, seen_before, limit):
         with self._write() as conn:
-            # A process writes last_seen at most once per TOUCH_INTERVAL, so
-            # the stored value of a live worker may be that much older.
+            # _touch_unless_recent and _touch_if_due store last_seen at most
+            # once per TOUCH_INTERVAL, so a live worker's may be that much older.
             live_since = self.clock() - self.settings.worker_ttl - TOUCH_INTERVAL
+            cutoff = min(seen_before, live_since)
             rows = conn.execute(
                 "select worker_id from workers where last_seen < ?"
                 " order by last_seen limit ?",
-                (min(seen_before, live_since), limit),
+                (cutoff, limit),
             ).fetchall()
             ids = [(row["worker_id"],) for row in rows]
             for table in ("worker_workflows", "workers"):
@@ -908,7 +910,7 @@ class SQLiteStorage(RuntimeStorage):
             log.info(
                 "purged %d workers last seen before %.0f",
                 len(ids),
-                min(seen_before, live_since),
+                cutoff,
                 extra={"action": "purge"},
             )
         return len(ids)

@@ -1,4 +1,4 @@
-"""Worker liveness: who GET /workers lists, what silence does not do, and purges."""
+"""Worker liveness: who GET /workers lists, and what silence and a purge do."""
 
 import json
 import os
